@@ -1,0 +1,30 @@
+# Quick start (a fresh machine with Python 3.11):
+#   make main   -> creates .venv, installs the project, runs `mlflow run . -e main --env-manager local`
+#   make test   -> creates .venv, installs the project with test extras, runs the whole test suite
+#   make ui     -> opens the MLflow UI on the local store (http://127.0.0.1:5000)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+RUN_IN_VENV := PATH="$(BIN):$$PATH"
+
+.PHONY: install main test test-fast ui
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+main: install
+	$(RUN_IN_VENV) mlflow run . -e main --env-manager local
+
+test: install
+	$(RUN_IN_VENV) python -m pytest
+
+test-fast: install
+	$(RUN_IN_VENV) python -m pytest -m "not slow"
+
+ui: install
+	$(RUN_IN_VENV) mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000

@@ -1,0 +1,164 @@
+"""The MLflow edge: runs, params, metrics, artifacts, model logging and run reuse.
+
+Nothing else in ``pipeline`` talks to MLflow. The store is MLflow's default (SQLite
+``mlflow.db`` in the working directory, artifacts under ``mlruns/``) unless
+``MLFLOW_TRACKING_URI`` says otherwise; the experiment is the one ``mlflow run`` chose, else
+``MLFLOW_EXPERIMENT_NAME``, else :data:`DEFAULT_EXPERIMENT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+import pipeline  # noqa: F401
+import tensorflow as tf
+
+from pipeline.data import PreparedData
+
+DEFAULT_EXPERIMENT = "hardware-aware-larq"
+PREPARED_ARTIFACT = "data/prepared.npz"
+MODEL_ARTIFACT = "model"
+MODEL_REQUIREMENTS = ("tensorflow", "tf-keras", "larq", "numpy")
+
+
+def use_experiment() -> None:
+    """Select the experiment, unless ``mlflow run`` already did (it sets MLFLOW_EXPERIMENT_ID)."""
+    if not os.environ.get("MLFLOW_EXPERIMENT_ID") and not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, run_name: str, description: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """The run of one stage, yielding its id.
+
+    At top level it is the run ``mlflow run`` created (MLFLOW_RUN_ID) or a new one; inside
+    another stage's run it is a nested child run. An exception ends it FAILED (MLflow's
+    context manager), and the exception propagates.
+    """
+    all_tags = {"stage": stage, "mlflow.note.content": description, **(tags or {})}
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=run_name, nested=nested, tags=all_tags) as run:
+        mlflow.set_tags({"mlflow.runName": run_name, **all_tags})  # also names a run resumed from `mlflow run`
+        yield run.info.run_id
+
+
+def log_params(params: Mapping[str, object]) -> None:
+    mlflow.log_params({key: str(value) for key, value in params.items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def log_tags(tags: Mapping[str, object]) -> None:
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+def log_figure(figure, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dict(data: dict, artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_table(frame, artifact_stem: str, markdown: str | None = None) -> None:
+    """A pandas table as CSV, as an MLflow table (UI-browsable) and optionally as markdown."""
+    mlflow.log_text(frame.to_csv(index=False), f"{artifact_stem}.csv")
+    mlflow.log_table(frame, f"{artifact_stem}.json")
+    if markdown is not None:
+        mlflow.log_text(markdown, f"{artifact_stem}.md")
+
+
+class EpochMetricsLogger(tf.keras.callbacks.Callback):
+    """Logs Keras' per-epoch logs (loss, accuracy, val_loss, val_accuracy) with step = epoch (1-based)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            log_metrics({key: value for key, value in logs.items() if np.isfinite(value)}, step=epoch + 1)
+
+
+def log_prepared_data(data: PreparedData) -> str:
+    """The prepared splits as one artifact plus a summary; returns the artifact URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = data.save(Path(tmp) / Path(PREPARED_ARTIFACT).name)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(PREPARED_ARTIFACT).parent))
+    log_dict(data.summary(), "data/summary.json")
+    return f"runs:/{mlflow.active_run().info.run_id}/{PREPARED_ARTIFACT}"
+
+
+def log_data_input(data: PreparedData, split: str, context: str) -> None:
+    """Registers a split as an MLflow dataset input of the active run (name, digest, schema)."""
+    images, labels = data.arrays(split)
+    dataset = mlflow.data.from_numpy(
+        images.reshape(len(images), -1), targets=labels, name=f"{data.dataset.value}-{split}",
+        digest=data.content_hash[:16],
+    )
+    mlflow.log_input(dataset, context=context)
+
+
+def download_prepared_data(data_uri: str) -> PreparedData:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=data_uri, dst_path=tmp)
+        return PreparedData.load(local)
+
+
+def find_finished_run(stage: str, tags: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+    """The newest FINISHED run of ``stage`` in the current experiment with these tags and params."""
+    experiment_id = current_experiment_id()
+    conditions = [f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'"]
+    conditions += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=" and ".join(conditions), order_by=["attributes.start_time DESC"], max_results=50
+    )
+    for run in runs:
+        if all(run.data.params.get(key) == str(value) for key, value in params.items()):
+            return run.info.run_id
+    return None
+
+
+def current_experiment_id() -> str:
+    if run := mlflow.active_run():
+        return run.info.experiment_id
+    if experiment_id := os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return experiment_id
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else mlflow.create_experiment(name)
+
+
+def model_requirements() -> list[str]:
+    """Pinned requirements of the logged model, so MLflow need not infer them (slow)."""
+    return [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def log_model(model: tf.keras.Model, sample_images: np.ndarray) -> str:
+    """The model in MLflow's tensorflow flavor; reloads (Larq objects included) after ``import pipeline``."""
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample_images, model.predict(sample_images, verbose=0))
+    info = mlflow.tensorflow.log_model(
+        model, name=MODEL_ARTIFACT, signature=signature, pip_requirements=model_requirements(),
+        # The Keras v3 file (config + weights): hardware-aware layers keep their configuration and
+        # their run-time level variables stay out of the file (SavedModel would trace them in).
+        keras_model_kwargs={"save_format": "keras"},
+    )
+    return info.model_uri
+
+
+def load_model(model_uri: str) -> tf.keras.Model:
+    return mlflow.tensorflow.load_model(model_uri)
+

@@ -1,0 +1,56 @@
+"""Bad input at the command line: one clear line naming the parameter, exit 2, nothing FINISHED."""
+
+import numpy as np
+import pytest
+
+from conftest import all_runs, run_cli, run_mlflow_project
+
+
+@pytest.mark.parametrize(
+    "args, parameter",
+    [
+        (["main", "--dataset", "cifar10"], "dataset"),
+        (["main", "--source", "internet"], "source"),
+        (["main", "--arch", "resnet"], "arch"),
+        (["main", "--bits", "9"], "bits"),
+        (["main", "--bits", "32"], "bits"),
+        (["qat", "--bits", "0"], "bits"),
+        (["baseline", "--epochs", "0"], "epochs"),
+        (["baseline", "--epochs", "two"], "epochs"),
+        (["qat", "--batch_size", "-1"], "batch_size"),
+        (["main", "--learning_rate", "-0.1"], "learning_rate"),
+        (["prepare", "--val_fraction", "1.5"], "val_fraction"),
+        (["prepare", "--source", "path"], "data_path"),
+        (["prepare", "--source", "path", "--data_path", "/nonexistent/mnist.npz"], "data_path"),
+        (["main", "--hidden_units", "512,abc"], "hidden_units"),
+    ],
+)
+def test_bad_parameters_fail_fast_with_a_named_error(tracking_store, args, parameter):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: {parameter}: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert all_runs(tracking_store) == []  # nothing was started, nothing recorded
+
+
+def test_corrupt_data_file_fails_before_training(tracking_store, tmp_path):
+    path = tmp_path / "broken.npz"
+    np.savez(path, images=np.zeros((5, 28, 28)))
+    result = run_cli("main", "--source", "path", "--data_path", str(path))
+    assert result.returncode == 2
+    assert "error: data_path:" in result.stderr and "x_train" in result.stderr
+    assert all_runs(tracking_store) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "params, message",
+    [({"bits": "12"}, "error: bits:"), ({"source": "path", "data_path": "/nope"}, "error: data_path:")],
+)
+def test_bad_input_through_mlflow_run_leaves_a_failed_run(tracking_store, params, message):
+    result = run_mlflow_project("main", params)
+    assert result.returncode != 0
+    assert message in result.stderr
+    runs = all_runs(tracking_store)
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"

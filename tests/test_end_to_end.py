@@ -1,0 +1,82 @@
+"""The MLflow project end to end, through `mlflow run`, against a temporary SQLite store."""
+
+import mlflow
+import pytest
+
+from conftest import all_runs, run_cli, run_mlflow_project
+
+TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled"}
+
+
+def runs_by_stage(uri):
+    grouped = {}
+    for run in all_runs(uri):
+        grouped.setdefault(run.data.tags.get("stage"), []).append(run)
+    return grouped
+
+
+@pytest.mark.slow
+def test_main_entry_point(tracking_store):
+    result = run_mlflow_project("main", TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Comparison" in result.stdout and "mlp-1bit" in result.stdout
+
+    stages = runs_by_stage(tracking_store)
+    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1}
+    parent = stages["main"][0]
+    assert all(run.info.status == "FINISHED" for runs in stages.values() for run in runs)
+    for stage in ("prepare", "baseline", "qat"):
+        assert stages[stage][0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.run_name == "main-mlp-1bit"
+    assert parent.data.tags["data_source"] == "bundled"
+
+    baseline, qat = stages["baseline"][0].data, stages["qat"][0].data
+    for run in (baseline, qat):
+        for metric in ("test_accuracy", "test_loss", "model_size_float32_bytes", "model_size_packed_bytes",
+                       "compression_ratio", "model_size_file_bytes", "model_size_tflite_bytes", "training_seconds"):
+            assert metric in run.metrics
+        assert run.tags["tflite_converter"] in ("tflite", "larq-compute-engine")
+        assert run.metrics["test_accuracy"] > 0.3  # 10 classes, 2 epochs on 200 images: far above chance
+    assert qat.tags["tflite_converter"] == "larq-compute-engine"
+    assert qat.metrics["model_size_packed_bytes"] <= baseline.metrics["model_size_packed_bytes"] / 20
+    assert parent.data.metrics["test_accuracy"] == qat.metrics["test_accuracy"]
+    assert parent.data.metrics["baseline_test_accuracy"] == baseline.metrics["test_accuracy"]
+
+    client = mlflow.MlflowClient(tracking_store)
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png",
+            "comparison/comparison.json"} <= parent_artifacts
+    qat_artifacts = {a.path for a in client.list_artifacts(stages["qat"][0].info.run_id)}
+    assert {"plots", "larq_summary.txt"} <= qat_artifacts
+    # MLflow 3 keeps the model as a LoggedModel linked to the run; its URI is recorded on the run.
+    assert qat.tags["model_uri"].startswith("models:/")
+    reloaded = mlflow.tensorflow.load_model(qat.tags["model_uri"])
+    assert reloaded.name == "mlp-1bit"
+    summary = mlflow.artifacts.load_text(f"runs:/{stages['qat'][0].info.run_id}/larq_summary.txt")
+    assert "# 1-bit" in summary
+
+    # A second `main` with the same parameters reuses the finished prepare run.
+    again = run_mlflow_project("main", TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    stages = runs_by_stage(tracking_store)
+    assert len(stages["prepare"]) == 1 and len(stages["main"]) == 2
+    newest = max(stages["main"], key=lambda run: run.info.start_time)
+    assert newest.data.tags["data_run_id"] == parent.data.tags["data_run_id"]
+    assert newest.data.tags["data_reused"] == "True"
+
+
+@pytest.mark.slow
+def test_stages_hand_over_artifact_uris(tracking_store):
+    prepared = run_cli("prepare", "--source", "bundled", "--limit", "100")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    data_uri = prepared.stdout.strip().splitlines()[-1].removeprefix("data_uri=")
+    assert data_uri.startswith("runs:/") and data_uri.endswith("data/prepared.npz")
+
+    trained = run_cli("qat", "--data_uri", data_uri, "--bits", "2", "--epochs", "1", "--hidden_units", "32")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    stages = runs_by_stage(tracking_store)
+    assert set(stages) == {"prepare", "qat"} and len(stages["prepare"]) == 1
+    qat = stages["qat"][0]
+    assert qat.info.status == "FINISHED" and qat.info.run_name == "qat-mlp-2bit"
+    assert qat.data.tags["data_run_id"] == stages["prepare"][0].info.run_id
+    assert qat.data.metrics["compression_ratio"] > 10
