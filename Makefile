@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 RUN_IN_VENV := PATH="$(BIN):$$PATH"
+EXPERIMENT ?= hardware-aware-larq
 
 .PHONY: install main test test-fast ui
 
@@ -18,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 main: install
-	$(RUN_IN_VENV) mlflow run . -e main --env-manager local
+	$(RUN_IN_VENV) mlflow run . -e main --env-manager local --experiment-name $(EXPERIMENT)
 
 test: install
 	$(RUN_IN_VENV) python -m pytest

@@ -13,7 +13,18 @@ import signal
 import sys
 from typing import Callable, Sequence
 
-from pipeline.config import ConfigError, DataConfig, ModelConfig, TrainConfig
+from pathlib import Path
+
+from pipeline.config import (
+    TARGET_HARDWARE_FILE,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    PerturbationConfig,
+    RobustnessConfig,
+    TrainConfig,
+    load_target_hardware,
+)
 
 EXIT_BAD_INPUT = 2
 
@@ -45,6 +56,63 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", default=str(defaults.epochs))
     group.add_argument("--batch_size", default=str(defaults.batch_size))
     group.add_argument("--learning_rate", default=str(defaults.learning_rate))
+
+
+PERTURBATION_PARAMETERS = ("noise_sigma", "noise_mode", "weight_dev_pct", "clip_mode", "clip_min", "clip_max",
+                           "clip_fraction", "out_bits", "perturb_layers")
+
+
+def add_perturbation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "hardware model for training (all empty: the target hardware's levels, see --target)")
+    group.add_argument("--noise_sigma", default="", help="output noise std, relative to the clean output RMS (>= 0)")
+    group.add_argument("--noise_mode", default="", help="relative (default) | absolute (accumulator units)")
+    group.add_argument("--weight_dev_pct", default="", help="process variation: std of the weight deviation, percent")
+    group.add_argument("--clip_mode", default="", help="none | absolute | relative; empty = inferred from the clip values")
+    group.add_argument("--clip_min", default="", help="absolute saturation: lower bound, accumulator units")
+    group.add_argument("--clip_max", default="", help="absolute saturation: upper bound, accumulator units")
+    group.add_argument("--clip_fraction", default="", help="relative saturation: fraction of the clean range, (0, 1]")
+    group.add_argument("--out_bits", default="", help="ADC bits after saturation (1..16); empty = no ADC")
+    group.add_argument("--perturb_layers", default="", help="hidden | dense | all | comma-separated layer names")
+
+
+def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = RobustnessConfig()
+    group = parser.add_argument_group("robustness evaluation")
+    group.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels")
+    group.add_argument("--chips", default=str(defaults.chips), help="Monte-Carlo chips per level")
+    group.add_argument("--yield_tolerance", default=str(defaults.yield_tolerance), help="0.01 = 1 accuracy point")
+    group.add_argument("--noise_grid", default=",".join(map(str, defaults.noise_grid)))
+    group.add_argument("--weight_dev_grid", default=",".join(map(str, defaults.weight_dev_grid)))
+    group.add_argument("--clip_grid", default=",".join(map(str, defaults.clip_grid)))
+
+
+def resolve_project_file(path: str) -> Path:
+    """A relative path from the working directory, else from the project root (where MLproject is)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    return Path(__file__).resolve().parents[1] / candidate
+
+
+def robustness_config(args: argparse.Namespace) -> RobustnessConfig:
+    return RobustnessConfig(
+        noise_grid=args.noise_grid, weight_dev_grid=args.weight_dev_grid, clip_grid=args.clip_grid,
+        target=load_target_hardware(resolve_project_file(args.target)), chips=args.chips,
+        yield_tolerance=args.yield_tolerance, seed=getattr(args, "seed", 0),
+    )
+
+
+def perturbation_config(args: argparse.Namespace, target: PerturbationConfig, model: ModelConfig) -> PerturbationConfig:
+    """The training levels: those given, or the target hardware's when none is given."""
+    given = {name: getattr(args, name) for name in PERTURBATION_PARAMETERS if getattr(args, name) != ""}
+    if not given:
+        config = target
+    else:
+        given.setdefault("perturb_layers", target.perturb_layers)
+        config = PerturbationConfig.from_text(**given)
+    config.targets(model)  # unknown layer names fail here, before any training
+    return config
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -84,8 +152,10 @@ def run_prepare(args: argparse.Namespace) -> None:
     print(f"data_uri={handle.uri}")
 
 
-def run_training(stage: str, args: argparse.Namespace, model: ModelConfig) -> None:
-    data_cfg, train_cfg = data_config(args), train_config(args)
+def run_training(stage: str, args: argparse.Namespace, model: ModelConfig, with_perturbation: bool = False) -> None:
+    data_cfg, train_cfg, robust_cfg = data_config(args), train_config(args), robustness_config(args)
+    perturbation = perturbation_config(args, robust_cfg.target, model) if with_perturbation else None
+    robust_cfg.target.targets(model)
     from pipeline import data as data_module
 
     data = None if args.data_uri else data_module.prepare(data_cfg)  # bad data fails before any run
@@ -97,7 +167,7 @@ def run_training(stage: str, args: argparse.Namespace, model: ModelConfig) -> No
         get_data = lambda: handle  # noqa: E731
     else:
         get_data = lambda: stages.prepare_stage(data_cfg, data=data)  # noqa: E731
-    stages.training_stage(stage, model, train_cfg, get_data)
+    stages.training_stage(stage, model, train_cfg, get_data, robust_cfg, perturbation)
 
 
 def run_baseline(args: argparse.Namespace) -> None:
@@ -108,12 +178,41 @@ def run_qat(args: argparse.Namespace) -> None:
     run_training("qat", args, qat_model_config(args))
 
 
+def run_perturb(args: argparse.Namespace) -> None:
+    run_training("perturb", args, model_config(args, args.bits), with_perturbation=True)
+
+
 def run_main(args: argparse.Namespace) -> None:
     data_cfg, model_cfg, train_cfg = data_config(args), qat_model_config(args), train_config(args)
+    robust_cfg = robustness_config(args)
+    perturbation = perturbation_config(args, robust_cfg.target, model_cfg)
+    robust_cfg.target.targets(model_cfg)
     from pipeline import stages, tracking
 
     tracking.use_experiment()
-    stages.main_stage(data_cfg, model_cfg, train_cfg)
+    stages.main_stage(data_cfg, model_cfg, train_cfg, robust_cfg, perturbation)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    if bool(args.model_uri) == bool(args.run_id):
+        raise ConfigError("model_uri", "give exactly one of model_uri (e.g. models:/m-...) or run_id (a training run)")
+    robust_cfg = robustness_config(args)
+    from pipeline import stages, tracking
+
+    tracking.use_experiment()
+    try:
+        run_id = args.run_id
+        model_uri = args.model_uri or tracking.model_uri_of_run(run_id)
+        if not run_id and model_uri.startswith("runs:/"):
+            run_id = model_uri.split("/")[1]
+        if not run_id:
+            run_id = tracking.source_run_of_model(model_uri)
+        data_uri = args.data_uri or (tracking.tag_of_run(run_id, "data_uri") if run_id else "")
+    except Exception as error:  # unknown run id or model URI: a bad parameter, not a crash
+        raise ConfigError("run_id" if args.run_id else "model_uri", str(error).splitlines()[0]) from None
+    if not data_uri:
+        raise ConfigError("data_uri", "the model's run records no data_uri: pass data_uri=runs:/<prepare run>/data/prepared.npz")
+    stages.evaluate_stage(model_uri, run_id, data_uri, robust_cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("prepare", "load, check, split and log the data", run_prepare, None, False),
         ("baseline", "train and evaluate the float baseline", run_baseline, None, True),
         ("qat", "train and evaluate a Larq quantization-aware model", run_qat, 1, True),
-        ("main", "prepare -> baseline -> qat -> comparison", run_main, 1, True),
+        ("perturb", "perturbation-aware training under the hardware model", run_perturb, 1, True),
+        ("main", "prepare -> baseline -> qat -> perturb -> comparison", run_main, 1, True),
     ]
     for name, help_text, handler, bits_default, trains in specs:
         command = commands.add_parser(name, help=help_text)
@@ -131,9 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
         if trains:
             add_model_arguments(command, bits_default)
             add_train_arguments(command)
-        if name in ("baseline", "qat"):
+            add_robustness_arguments(command)
+        if name in ("perturb", "main"):
+            add_perturbation_arguments(command)
+        if name in ("baseline", "qat", "perturb"):
             command.add_argument("--data_uri", default="", help="prepared data of an earlier prepare run (artifact URI)")
         command.set_defaults(handler=handler)
+    evaluate = commands.add_parser("evaluate", help="robustness evaluation of a logged model")
+    evaluate.add_argument("--model_uri", default="", help="the model, e.g. models:/m-<id> (or give --run_id)")
+    evaluate.add_argument("--run_id", default="", help="a training run whose model to evaluate")
+    evaluate.add_argument("--data_uri", default="", help="prepared data; default: the data the model's run used")
+    evaluate.add_argument("--seed", default="0", help="seed of the Monte-Carlo chips")
+    add_robustness_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
     return parser
 
 

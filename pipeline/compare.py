@@ -18,8 +18,14 @@ COLUMNS = {
     "training_seconds": "training time (s)",
     "model_parameters": "parameters",
     "epochs": "epochs",
+    "robust_auc_noise": "AUC noise",
+    "robust_auc_weight_dev": "AUC weight dev.",
+    "robust_auc_clip": "AUC clip",
+    "robust_acc_target": "target accuracy",
+    "robust_yield_target": "target yield",
     "run_id": "run id",
 }
+ROBUSTNESS_COLUMNS = ("robust_auc_noise", "robust_auc_weight_dev", "robust_auc_clip", "robust_acc_target", "robust_yield_target")
 
 
 def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
@@ -29,7 +35,7 @@ def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
 def format_value(key: str, value: object) -> str:
     if value is None:
         return "-"
-    if key == "test_accuracy":
+    if key in ("test_accuracy", *ROBUSTNESS_COLUMNS):
         return f"{100 * float(value):.2f}%"
     if key == "compression_ratio":
         return f"{float(value):.1f}x"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def confusion_figure(confusion: np.ndarray, title: str) -> Figure:
@@ -44,7 +47,7 @@ def comparison_figure(rows: Sequence[Mapping[str, float | str]]) -> Figure:
     """Test accuracy and packed model size of each compared model, side by side."""
     figure = Figure(figsize=(9, 3.8))
     acc_axes, size_axes = figure.subplots(1, 2)
-    names = [str(row["model"]) for row in rows]
+    names = [f"{row['stage']}\n{row['model']}" for row in rows]
     colors = [f"C{i}" for i in range(len(rows))]
     accuracies = [100 * float(row["test_accuracy"]) for row in rows]
     sizes = [float(row["model_size_packed_bytes"]) / 1024 for row in rows]
@@ -56,5 +59,37 @@ def comparison_figure(rows: Sequence[Mapping[str, float | str]]) -> Figure:
         for index, value in enumerate(values):
             axes.annotate(fmt.format(value), (index, value), ha="center", va="bottom", fontsize=8)
         axes.tick_params(axis="x", labelrotation=15)
+    figure.tight_layout()
+    return figure
+
+
+CURVE_EFFECTS = (
+    ("noise", "output noise sigma (x RMS of clean output)"),
+    ("weight_dev", "weight deviation (%)"),
+    ("clip", "saturation: fraction of clean output range"),
+)
+
+
+def robustness_figure(curves_by_model: Mapping[str, "pd.DataFrame"], title: str) -> Figure:
+    """Accuracy vs perturbation strength, one panel per effect: the mean over chips with a band
+    from the worst to the best chip, and each model's target-condition mean as a dotted line."""
+    figure = Figure(figsize=(14, 4.2))
+    panels = figure.subplots(1, len(CURVE_EFFECTS), sharey=True)
+    for color, (label, curves) in zip((f"C{i}" for i in range(10)), curves_by_model.items()):
+        target = curves.loc[curves.effect == "target", "acc_mean"]
+        for axes, (effect, xlabel) in zip(panels, CURVE_EFFECTS):
+            curve = curves.loc[curves.effect == effect].sort_values("level")
+            levels = curve["level"].to_numpy()
+            axes.plot(levels, 100 * curve["acc_mean"], "-o", color=color, markersize=3, label=label)
+            axes.fill_between(levels, 100 * curve["acc_min"], 100 * curve["acc_max"], color=color, alpha=0.2)
+            if len(target):
+                axes.axhline(100 * float(target.iloc[0]), color=color, linestyle=":", linewidth=1)
+            axes.set(xlabel=xlabel)
+            axes.grid(alpha=0.3)
+            if effect == "clip":
+                axes.invert_xaxis()  # stronger saturation to the right
+    panels[0].set_ylabel("test accuracy (%)  [band: min..max over chips]")
+    panels[0].legend(title="dotted: target condition", fontsize=8, title_fontsize=8)
+    figure.suptitle(title)
     figure.tight_layout()
     return figure

@@ -111,10 +111,9 @@ def evaluate_robustness(
                 set_chip(hardware, config.seed * CHIP_SEED_STRIDE + chip)
                 rows.append({"effect": effect, "level_index": index, "level": level, "chip": chip,
                              "accuracy": accuracy(images, labels)})
-            if progress:
-                last = [r["accuracy"] for r in rows if r["effect"] == effect and r["level_index"] == index]
-                progress(f"[robustness] {effect:<10} level {level:>7g}: mean accuracy {100 * np.mean(last):6.2f}% "
-                         f"over {len(last)} chip(s)")
+            if progress and (effect == "target" or index == len(getattr(config, f"{effect}_grid")) - 1):
+                done = pd.DataFrame([r for r in rows if r["effect"] == effect]).groupby("level", sort=False)["accuracy"].mean()
+                progress(f"[robustness] {effect:<10} " + "  ".join(f"{lvl:g}:{100 * acc:.1f}%" for lvl, acc in done.items()))
     chips = pd.DataFrame(rows)
     curves = summarize(chips, clean, config.yield_tolerance)
     return RobustnessResult(chips, curves, clean, summaries(curves), traces[0], time.perf_counter() - started)

@@ -14,10 +14,12 @@ import pipeline  # noqa: F401
 import tensorflow as tf
 
 from pipeline import compare, data as data_module, plots, tracking
-from pipeline.config import DataConfig, ModelConfig, TrainConfig, flatten
+from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, RobustnessConfig, TrainConfig, flatten
 from pipeline.data import PreparedData
 from pipeline.evaluation import evaluate
 from pipeline.models import build_model
+from pipeline.perturbations import attach_hardware, strip_hardware
+from pipeline.robustness import evaluate_robustness
 from pipeline.size import larq_summary, size_report
 from pipeline.training import seed_everything, train
 
@@ -75,30 +77,51 @@ def load_data_uri(data_uri: str) -> DataHandle:
 
 
 def training_stage(
-    stage: str, model_config: ModelConfig, train_config: TrainConfig, get_data: Callable[[], DataHandle]
+    stage: str,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    get_data: Callable[[], DataHandle],
+    robustness: RobustnessConfig | None = None,
+    perturbation: PerturbationConfig | None = None,
 ) -> dict:
     """Build, train, evaluate, size and log one model as the run of ``stage``; returns its comparison row.
 
+    With ``perturbation`` the targeted layers are hardware-aware during training (perturbation-aware
+    training); with ``robustness`` the trained model's robustness is evaluated and logged.
     ``get_data`` is called inside the stage's run, so a prepare run it starts is nested under it.
     """
     label = model_config.label
-    what = "Float baseline" if model_config.is_float else f"Larq quantization-aware training ({model_config.bits}-bit)"
-    with tracking.stage_run(stage, f"{stage}-{label}", f"{what} of the `{model_config.arch.value}`.", {"model": label}) as run_id:
+    run_name = f"{stage}-{label}" + (f"-{perturbation.label}" if perturbation is not None else "")
+    if perturbation is not None:
+        what = f"Perturbation-aware training ({perturbation.label} on {perturbation.perturb_layers} layers)"
+    elif model_config.is_float:
+        what = "Float baseline"
+    else:
+        what = f"Larq quantization-aware training ({model_config.bits}-bit)"
+    targets = perturbation.targets(model_config) if perturbation is not None else ()
+    with tracking.stage_run(stage, run_name, f"{what} of the `{model_config.arch.value}`.", {"model": label}) as run_id:
         handle = get_data()
         tracking.log_tags({
             **handle.tags,
             "mlflow.note.content": f"{what} of the `{model_config.arch.value}` on {handle.data.dataset.value} "
             f"({handle.data.source.value} data), {train_config.epochs} epochs.",
+            **({"perturbation": perturbation.label, "perturbed_layers": ",".join(targets)} if perturbation else {}),
         })
-        tracking.log_params({**flatten("model", model_config), **flatten("train", train_config)})
+        params = {**flatten("model", model_config), **flatten("train", train_config)}
+        if perturbation is not None:
+            params.update(flatten("perturb", perturbation))
+        tracking.log_params(params)
         tracking.log_data_input(handle.data, "train", context="training")
         tf.keras.backend.clear_session()
         seed_everything(train_config.seed)
         model = build_model(model_config)
-        print(f"[{stage}] training {label}: {model.count_params():,} weights, {train_config.epochs} epochs")
+        if perturbation is not None:
+            model = attach_hardware(model, perturbation, targets, train_seed=train_config.seed)
+        print(f"[{stage}] training {run_name}: {model.count_params():,} weights, {train_config.epochs} epochs")
         result = train(model, handle.data, train_config, callbacks=[tracking.EpochMetricsLogger()])
         evaluation = evaluate(model, handle.data)
-        size_metrics, size_tags = size_report(model, model_config.bits)
+        deployable = strip_hardware(model)
+        size_metrics, size_tags = size_report(deployable, model_config.bits)
         metrics = {
             **evaluation.as_metrics(),
             **size_metrics,
@@ -108,25 +131,67 @@ def training_stage(
         tracking.log_metrics(metrics)
         tracking.log_tags(size_tags)
         tracking.log_figure(plots.confusion_figure(evaluation.confusion, f"{label}: test confusion"), "plots/confusion_matrix.png")
-        tracking.log_figure(plots.history_figure(result.history, f"{label}: training"), "plots/training_curves.png")
-        tracking.log_text(larq_summary(model), "larq_summary.txt")
+        tracking.log_figure(plots.history_figure(result.history, f"{run_name}: training"), "plots/training_curves.png")
+        tracking.log_text(larq_summary(deployable), "larq_summary.txt")
         model_uri = tracking.log_model(model, handle.data.images("test")[:MODEL_SAMPLE_IMAGES])
         tracking.log_tags({"model_uri": model_uri})
+        row = {"model": label, "stage": stage, "run_id": run_id, "model_uri": model_uri, **metrics, **size_tags}
+        if robustness is not None:
+            row["curves"], robust_metrics = robustness_step(model, handle.data, robustness, run_name)
+            row.update(robust_metrics)
     print(
-        f"[{stage}] {label}: test accuracy {100 * evaluation.test_accuracy:.2f}%, packed size "
+        f"[{stage}] {run_name}: test accuracy {100 * evaluation.test_accuracy:.2f}%, packed size "
         f"{size_metrics['model_size_packed_bytes']:,} B, {result.seconds:.1f} s training (run {run_id})"
     )
-    return {"model": label, "stage": stage, "run_id": run_id, "model_uri": model_uri, **metrics, **size_tags}
+    return row
 
 
-def main_stage(data_config: DataConfig, model_config: ModelConfig, train_config: TrainConfig) -> list[dict]:
-    """prepare -> float baseline -> Larq QAT -> comparison, as one parent run with a child per stage."""
+def robustness_step(model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, title: str):
+    """Evaluate and log robustness inside the active run; returns (curves, summary metrics)."""
+    result = evaluate_robustness(model, data, config)
+    tracking.log_robustness(result, title)
+    tracking.log_params(flatten_robustness(config))
+    print(
+        f"[robustness] {title}: target accuracy {100 * result.summaries['robust_acc_target']:.2f}% "
+        f"(yield {result.summaries['robust_yield_target']:.0%}), {result.seconds:.1f} s, {result.traces} trace(s)"
+    )
+    return result.curves, result.summaries
+
+
+def flatten_robustness(config: RobustnessConfig) -> dict[str, str]:
+    params = {key: value for key, value in flatten("robustness", config).items() if key != "robustness.target"}
+    return {**params, **flatten("target", config.target)}
+
+
+def evaluate_stage(model_uri: str, model_run_id: str, data_uri: str, config: RobustnessConfig) -> dict:
+    """Robustness of any logged model, as its own ``evaluate`` run linked to the model's run."""
+    model = tracking.load_model(model_uri)
+    handle = load_data_uri(data_uri)
+    model_run_name = tracking.run_name(model_run_id) if model_run_id else model.name
+    tags = {**handle.tags, "model_run_id": model_run_id, "model_uri": model_uri, "model": model.name}
+    description = f"Robustness evaluation of `{model_run_name}` ({model_uri}) over {config.chips} chips per level."
+    with tracking.stage_run("evaluate", f"evaluate-{model_run_name}", description, tags) as run_id:
+        evaluation = evaluate(model, handle.data)
+        tracking.log_metrics(evaluation.as_metrics())
+        curves, summaries = robustness_step(model, handle.data, config, model_run_name)
+    return {"run_id": run_id, "curves": curves, **summaries, **evaluation.as_metrics()}
+
+
+def main_stage(
+    data_config: DataConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    robustness: RobustnessConfig,
+    perturbation: PerturbationConfig,
+) -> list[dict]:
+    """prepare -> float baseline -> Larq QAT -> perturbation-aware QAT -> comparison, as one parent
+    run with a child per stage; every trained model's robustness is evaluated."""
     quantized = model_config if not model_config.is_float else dataclasses.replace(model_config, bits=1)
     baseline_config = dataclasses.replace(quantized, bits=32)
     data = data_module.prepare(data_config)  # before the parent run: bad data fails before anything is logged
     description = (
-        f"Float baseline vs {quantized.bits}-bit Larq QAT of the `{quantized.arch.value}` on {data.dataset.value}: "
-        "accuracy, model size and training time compared (children: prepare, baseline, qat)."
+        f"Float baseline vs {quantized.bits}-bit Larq QAT vs perturbation-aware QAT ({perturbation.label}) of the "
+        f"`{quantized.arch.value}` on {data.dataset.value}: accuracy, size, training time and robustness compared."
     )
     tags = {"dataset": data.dataset.value, "data_source": data.source.value, "model": quantized.label}
     with tracking.stage_run("main", f"main-{quantized.label}", description, tags):
@@ -134,8 +199,9 @@ def main_stage(data_config: DataConfig, model_config: ModelConfig, train_config:
         handle = prepare_stage(data_config, data=data)
         tracking.log_tags({"data_run_id": handle.run_id, "data_uri": handle.uri, "data_reused": handle.reused})
         rows = [
-            training_stage("baseline", baseline_config, train_config, lambda: handle),
-            training_stage("qat", quantized, train_config, lambda: handle),
+            training_stage("baseline", baseline_config, train_config, lambda: handle, robustness),
+            training_stage("qat", quantized, train_config, lambda: handle, robustness),
+            training_stage("perturb", quantized, train_config, lambda: handle, robustness, perturbation),
         ]
         log_comparison(rows)
     return rows
@@ -147,10 +213,19 @@ def log_comparison(rows: list[dict]) -> None:
     print("\nComparison\n" + markdown)
     tracking.log_table(table, "comparison/comparison", markdown=markdown)
     tracking.log_figure(plots.comparison_figure(rows), "comparison/comparison.png")
-    baseline, quantized = rows[0], rows[-1]
+    curves = {f"{row['stage']} ({row['model']})": row["curves"] for row in rows if "curves" in row}
+    if curves:
+        tracking.log_figure(plots.robustness_figure(curves, "robustness: baseline vs QAT vs perturbation-aware"),
+                            "comparison/robustness_overlay.png")
+    by_stage = {row["stage"]: row for row in rows}
+    baseline, quantized = by_stage["baseline"], by_stage["qat"]
     headline = {key: quantized[key] for key in ("test_accuracy", "model_size_packed_bytes", "compression_ratio",
                                                  "model_size_tflite_bytes", "model_size_float32_bytes")}
     headline["baseline_test_accuracy"] = baseline["test_accuracy"]
     headline["accuracy_drop"] = baseline["test_accuracy"] - quantized["test_accuracy"]
     headline["size_reduction"] = baseline["model_size_packed_bytes"] / quantized["model_size_packed_bytes"]
+    for row in rows:
+        for key in ("test_accuracy", *compare.ROBUSTNESS_COLUMNS):
+            if key in row:
+                headline[f"{row['stage']}_{key}"] = row[key]
     tracking.log_metrics(headline)

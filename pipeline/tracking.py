@@ -130,6 +130,29 @@ def find_finished_run(stage: str, tags: Mapping[str, str], params: Mapping[str, 
     return None
 
 
+def run_name(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.run_name
+
+
+def model_uri_of_run(run_id: str) -> str:
+    """The model a training run logged (its ``model_uri`` tag)."""
+    run = MlflowClient().get_run(run_id)
+    if uri := run.data.tags.get("model_uri"):
+        return uri
+    raise ValueError(f"run {run_id} logged no model (no model_uri tag)")
+
+
+def tag_of_run(run_id: str, key: str) -> str:
+    return MlflowClient().get_run(run_id).data.tags.get(key, "")
+
+
+def source_run_of_model(model_uri: str) -> str:
+    """The run that logged a ``models:/m-...`` model ('' if MLflow does not know it)."""
+    if model_uri.startswith("models:/m-"):
+        return MlflowClient().get_logged_model(model_uri.removeprefix("models:/")).source_run_id or ""
+    return ""
+
+
 def current_experiment_id() -> str:
     if run := mlflow.active_run():
         return run.info.experiment_id
@@ -162,3 +185,19 @@ def log_model(model: tf.keras.Model, sample_images: np.ndarray) -> str:
 def load_model(model_uri: str) -> tf.keras.Model:
     return mlflow.tensorflow.load_model(model_uri)
 
+
+
+def log_robustness(result, title: str) -> None:
+    """Curves as step metrics (step = level index; ``robustness/<effect>/level`` holds the level
+    at that step), summaries as metrics, the tidy tables as CSV / MLflow tables, and a PNG."""
+    from pipeline import plots
+
+    for row in result.curves.to_dict(orient="records"):
+        prefix = f"robustness/{row['effect']}"
+        values = {"level": row["level"], **{key: row[key] for key in ("acc_mean", "acc_std", "acc_min", "acc_p5", "yield")}}
+        log_metrics({f"{prefix}/{key}": value for key, value in values.items()}, step=int(row["level_index"]))
+    log_metrics({**result.summaries, "robust_acc_clean": result.clean_accuracy,
+                 "robust_eval_seconds": result.seconds, "robust_eval_traces": result.traces})
+    mlflow.log_text(result.chips.to_csv(index=False), "robustness/chips.csv")
+    log_table(result.curves, "robustness/curves")
+    log_figure(plots.robustness_figure({title: result.curves}, f"{title}: robustness"), "robustness/curves.png")

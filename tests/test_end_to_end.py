@@ -5,7 +5,10 @@ import pytest
 
 from conftest import all_runs, run_cli, run_mlflow_project
 
-TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled"}
+TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2,
+        "noise_grid": "0,0.5,1", "weight_dev_grid": "0,50,100", "clip_grid": "1,0.25,0.05"}
+ROBUSTNESS_METRICS = ("robust_auc_noise", "robust_auc_weight_dev", "robust_auc_clip", "robust_acc_target",
+                      "robust_yield_target")
 
 
 def runs_by_stage(uri):
@@ -22,21 +25,28 @@ def test_main_entry_point(tracking_store):
     assert "Comparison" in result.stdout and "mlp-1bit" in result.stdout
 
     stages = runs_by_stage(tracking_store)
-    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1}
+    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1, "perturb": 1}
     parent = stages["main"][0]
     assert all(run.info.status == "FINISHED" for runs in stages.values() for run in runs)
-    for stage in ("prepare", "baseline", "qat"):
+    for stage in ("prepare", "baseline", "qat", "perturb"):
         assert stages[stage][0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.info.run_name == "main-mlp-1bit"
     assert parent.data.tags["data_source"] == "bundled"
 
-    baseline, qat = stages["baseline"][0].data, stages["qat"][0].data
-    for run in (baseline, qat):
+    baseline, qat, perturb = stages["baseline"][0].data, stages["qat"][0].data, stages["perturb"][0].data
+    # The perturbation-aware model trains at the target hardware's levels by default.
+    assert stages["perturb"][0].info.run_name == "perturb-mlp-1bit-s0.30-d20-c0.50"
+    assert perturb.params["perturb.noise_sigma"] == "0.3" and perturb.tags["perturbed_layers"] == "dense_1,dense_2"
+    for run in (baseline, qat, perturb):
+        for metric in ROBUSTNESS_METRICS:
+            assert 0 <= run.metrics[metric] <= 1, metric
         for metric in ("test_accuracy", "test_loss", "model_size_float32_bytes", "model_size_packed_bytes",
                        "compression_ratio", "model_size_file_bytes", "model_size_tflite_bytes", "training_seconds"):
             assert metric in run.metrics
         assert run.tags["tflite_converter"] in ("tflite", "larq-compute-engine")
-        assert run.metrics["test_accuracy"] > 0.3  # 10 classes, 2 epochs on 200 images: far above chance
+    for run in (baseline, qat):  # 10 classes, 2 epochs on 200 images: far above chance
+        assert run.metrics["test_accuracy"] > 0.3
+    assert perturb.metrics["test_accuracy"] > 0.15  # trained under the target hardware's noise: slower to learn
     assert qat.tags["tflite_converter"] == "larq-compute-engine"
     assert qat.metrics["model_size_packed_bytes"] <= baseline.metrics["model_size_packed_bytes"] / 20
     assert parent.data.metrics["test_accuracy"] == qat.metrics["test_accuracy"]
@@ -45,9 +55,17 @@ def test_main_entry_point(tracking_store):
     client = mlflow.MlflowClient(tracking_store)
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png",
-            "comparison/comparison.json"} <= parent_artifacts
+            "comparison/comparison.json", "comparison/robustness_overlay.png"} <= parent_artifacts
+    assert parent.data.metrics["perturb_robust_acc_target"] == perturb.metrics["robust_acc_target"]
+    markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/comparison/comparison.md")
+    assert "target accuracy" in markdown and markdown.count("mlp-1bit") == 2
     qat_artifacts = {a.path for a in client.list_artifacts(stages["qat"][0].info.run_id)}
-    assert {"plots", "larq_summary.txt"} <= qat_artifacts
+    assert {"plots", "larq_summary.txt", "robustness"} <= qat_artifacts
+    robustness = {a.path for a in client.list_artifacts(stages["qat"][0].info.run_id, "robustness")}
+    assert {"robustness/curves.png", "robustness/curves.csv", "robustness/chips.csv", "robustness/curves.json"} <= robustness
+    curve = client.get_metric_history(stages["qat"][0].info.run_id, "robustness/noise/acc_mean")
+    levels = client.get_metric_history(stages["qat"][0].info.run_id, "robustness/noise/level")
+    assert [m.step for m in curve] == [0, 1, 2] and [m.value for m in levels] == [0.0, 0.5, 1.0]
     # MLflow 3 keeps the model as a LoggedModel linked to the run; its URI is recorded on the run.
     assert qat.tags["model_uri"].startswith("models:/")
     reloaded = mlflow.tensorflow.load_model(qat.tags["model_uri"])
@@ -80,3 +98,32 @@ def test_stages_hand_over_artifact_uris(tracking_store):
     assert qat.info.status == "FINISHED" and qat.info.run_name == "qat-mlp-2bit"
     assert qat.data.tags["data_run_id"] == stages["prepare"][0].info.run_id
     assert qat.data.metrics["compression_ratio"] > 10
+
+
+@pytest.mark.slow
+def test_perturb_and_evaluate_entry_points(tracking_store):
+    params = {**TINY, "noise_sigma": "0.2", "weight_dev_pct": "10", "clip_min": "-40", "clip_max": "40", "out_bits": "6"}
+    trained = run_mlflow_project("perturb", params)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    perturb = runs_by_stage(tracking_store)["perturb"][0]
+    assert perturb.info.status == "FINISHED"
+    assert perturb.info.run_name == "perturb-mlp-1bit-s0.20-d10-c[-40,40]-adc6"
+    assert perturb.data.params["perturb.clip_mode"] == "absolute"
+
+    # The logged model reloads with its hardware configuration.
+    from pipeline.perturbations import HardwareAwareQuantDense
+
+    model = mlflow.tensorflow.load_model(perturb.data.tags["model_uri"])
+    layer = model.get_layer("dense_1")
+    assert isinstance(layer, HardwareAwareQuantDense) and layer.hardware.out_bits == 6 and layer.hardware.clip_max == 40
+
+    evaluated = run_mlflow_project("evaluate", {"run_id": perturb.info.run_id, "chips": 2, "noise_grid": "0,1",
+                                                "weight_dev_grid": "0,100", "clip_grid": "1,0.1"})
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    evaluation = runs_by_stage(tracking_store)["evaluate"][0]
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["model_run_id"] == perturb.info.run_id
+    assert evaluation.data.tags["data_run_id"] == perturb.data.tags["data_run_id"]
+    assert evaluation.data.metrics["test_accuracy"] == pytest.approx(perturb.data.metrics["test_accuracy"])
+    for metric in ROBUSTNESS_METRICS:
+        assert metric in evaluation.data.metrics

@@ -1,0 +1,98 @@
+"""Robustness evaluation, and the experiment that perturbation-aware training buys robustness."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, RobustnessConfig, TrainConfig
+from pipeline.data import prepare
+from pipeline.models import build_model
+from pipeline.perturbations import attach_hardware
+from pipeline.robustness import evaluate_robustness, summarize
+from pipeline.training import seed_everything, train
+
+SMALL = RobustnessConfig(noise_grid="0,0.5,1", weight_dev_grid="0,50,100", clip_grid="1,0.3,0.1", chips=3,
+                         target=PerturbationConfig(noise_sigma=0.3, weight_dev_pct=20, clip_mode="relative", clip_fraction=0.5))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data):
+    seed_everything(0)
+    model = build_model(ModelConfig(bits=1, hidden_units=(64,)))
+    train(model, tiny_data, TrainConfig(epochs=3, batch_size=32), verbose=0)
+    return model
+
+
+def test_grid_chips_and_summaries(trained, tiny_data):
+    result = evaluate_robustness(trained, tiny_data, SMALL, progress=None)
+    chips = result.chips
+    # Random levels on every chip, deterministic ones (level 0, pure clipping) once.
+    counts = chips.groupby(["effect", "level"]).size().to_dict()
+    assert counts == {("noise", 0.0): 1, ("noise", 0.5): 3, ("noise", 1.0): 3, ("weight_dev", 0.0): 1,
+                      ("weight_dev", 50.0): 3, ("weight_dev", 100.0): 3, ("clip", 1.0): 1, ("clip", 0.3): 1,
+                      ("clip", 0.1): 1, ("target", 1.0): 3}
+    clean_rows = chips[(chips.level == 0) & chips.effect.isin(["noise", "weight_dev"])]
+    assert (clean_rows.accuracy == result.clean_accuracy).all()
+    assert result.traces == 1  # one trace for every level and chip: levels are variables
+    # Strong noise and deviation hurt; the curves are means over chips.
+    curves = result.curves.set_index(["effect", "level"])
+    assert curves.loc[("noise", 1.0), "acc_mean"] < result.clean_accuracy - 0.05
+    assert curves.loc[("weight_dev", 100.0), "acc_mean"] < result.clean_accuracy - 0.05
+    target = chips[chips.effect == "target"].accuracy.to_numpy()
+    assert curves.loc[("target", 1.0), "acc_mean"] == pytest.approx(target.mean())
+    assert curves.loc[("target", 1.0), "acc_p5"] == pytest.approx(np.percentile(target, 5))
+    assert result.summaries["robust_acc_target"] == pytest.approx(target.mean())
+    assert result.summaries["robust_yield_target"] == pytest.approx(np.mean(target >= result.clean_accuracy - 0.01))
+    noise_mean = chips[chips.effect == "noise"].groupby("level").accuracy.mean().mean()
+    assert result.summaries["robust_auc_noise"] == pytest.approx(noise_mean)
+    assert all(0 <= value <= 1 for value in result.summaries.values())
+
+
+def test_same_seed_same_table(trained, tiny_data):
+    first = evaluate_robustness(trained, tiny_data, SMALL, progress=None).chips
+    second = evaluate_robustness(trained, tiny_data, SMALL, progress=None).chips
+    pd.testing.assert_frame_equal(first, second)
+    import dataclasses
+    other = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, seed=1), progress=None).chips
+    assert not first.accuracy.equals(other.accuracy)
+
+
+def test_yield_counts_chips_within_tolerance():
+    chips = pd.DataFrame({"effect": ["target"] * 4, "level_index": 0, "level": 1.0, "chip": range(4),
+                          "accuracy": [0.90, 0.895, 0.889, 0.80]})
+    curves = summarize(chips, clean=0.90, tolerance=0.01)
+    assert curves.loc[0, "yield"] == 0.5 and curves.loc[0, "acc_min"] == 0.80 and curves.loc[0, "chips"] == 4
+
+
+@pytest.fixture(scope="module")
+def experiment_data():
+    return prepare(DataConfig(source="bundled", limit=1000, seed=11))
+
+
+def train_with(data, perturbation):
+    seed_everything(11)
+    config = ModelConfig(bits=1, hidden_units=(256,))
+    model = build_model(config)
+    if perturbation is not None:
+        model = attach_hardware(model, perturbation, perturbation.targets(config), train_seed=11)
+    train(model, data, TrainConfig(epochs=8, batch_size=64, seed=11), verbose=0)
+    return model
+
+
+@pytest.mark.parametrize(
+    "training_levels, grid",
+    [
+        (PerturbationConfig(noise_sigma=0.6), {"noise_grid": "0.9", "weight_dev_grid": "0", "clip_grid": "1"}),
+        (PerturbationConfig(weight_dev_pct=60), {"noise_grid": "0", "weight_dev_grid": "90", "clip_grid": "1"}),
+    ],
+)
+def test_perturbation_aware_training_buys_robustness(experiment_data, training_levels, grid):
+    """A real experiment: at a high level of a perturbation, the model trained with that
+    perturbation beats the plainly trained one (same data, seed, epochs; 5 chips each)."""
+    config = RobustnessConfig(**grid, chips=5, target=PerturbationConfig())
+    effect = "noise" if training_levels.noise_sigma else "weight_dev"
+    scores = {}
+    for name, levels in (("plain", None), ("aware", training_levels)):
+        result = evaluate_robustness(train_with(experiment_data, levels), experiment_data, config, progress=None)
+        scores[name] = result.curves.set_index("effect").loc[effect, "acc_mean"]
+    assert scores["aware"] > scores["plain"] + 0.03, scores
