@@ -27,6 +27,7 @@ from pipeline.config import (
 )
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,10 +77,11 @@ def add_perturbation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--perturb_layers", default="", help="hidden | dense | all | comma-separated layer names")
 
 
-def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:
+def add_robustness_arguments(parser: argparse.ArgumentParser, with_target: bool = True) -> None:
     defaults = RobustnessConfig()
     group = parser.add_argument_group("robustness evaluation")
-    group.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels")
+    if with_target:
+        group.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels")
     group.add_argument("--chips", default=str(defaults.chips), help="Monte-Carlo chips per level")
     group.add_argument("--yield_tolerance", default=str(defaults.yield_tolerance), help="0.01 = 1 accuracy point")
     group.add_argument("--noise_grid", default=",".join(map(str, defaults.noise_grid)))
@@ -95,12 +97,26 @@ def resolve_project_file(path: str) -> Path:
     return Path(__file__).resolve().parents[1] / candidate
 
 
-def robustness_config(args: argparse.Namespace) -> RobustnessConfig:
+def robustness_config(args: argparse.Namespace, target: PerturbationConfig | None = None) -> RobustnessConfig:
     return RobustnessConfig(
         noise_grid=args.noise_grid, weight_dev_grid=args.weight_dev_grid, clip_grid=args.clip_grid,
-        target=load_target_hardware(resolve_project_file(args.target)), chips=args.chips,
+        target=target or load_target_hardware(resolve_project_file(args.target)), chips=args.chips,
         yield_tolerance=args.yield_tolerance, seed=getattr(args, "seed", 0),
     )
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from sweeps.config import SweepConfig
+
+    defaults = SweepConfig()
+    group = parser.add_argument_group("sweep")
+    group.add_argument("--n_trials", default=str(defaults.n_trials), help="finished trials the study should hold")
+    group.add_argument("--timeout", default="0", help="seconds after which no new trial starts (0 = none)")
+    group.add_argument("--study_name", default="", help="Optuna study; same name + storage resumes it")
+    group.add_argument("--storage", default="", help="Optuna storage URL; default: optuna.db next to the MLflow store")
+    group.add_argument("--space", default=defaults.space, help="search-space YAML (names the target hardware)")
+    group.add_argument("--objective", default=defaults.objective.value, help="target | pareto")
+    group.add_argument("--compare", default="true", help="compare the best trial with plain baseline and QAT")
 
 
 def perturbation_config(args: argparse.Namespace, target: PerturbationConfig, model: ModelConfig) -> PerturbationConfig:
@@ -193,6 +209,27 @@ def run_main(args: argparse.Namespace) -> None:
     stages.main_stage(data_cfg, model_cfg, train_cfg, robust_cfg, perturbation)
 
 
+def run_sweep(args: argparse.Namespace) -> None:
+    from sweeps.config import SweepConfig
+    from sweeps.space import levels_from, load_space
+
+    data_cfg, model_cfg, train_cfg = data_config(args), model_config(args, args.bits), train_config(args)
+    sweep_cfg = SweepConfig(n_trials=args.n_trials, timeout=args.timeout, study_name=args.study_name,
+                            storage=args.storage, space=args.space, objective=args.objective, compare=args.compare)
+    space = load_space(resolve_project_file(sweep_cfg.space))
+    robust_cfg = robustness_config(args, target=space.target)
+    space.target.targets(model_cfg)
+    levels_from({**space.fixed, **{name: r.low for name, r in space.ranges.items()}}).targets(model_cfg)
+    from pipeline import data as data_module
+
+    data = data_module.prepare(data_cfg)
+    from pipeline import tracking
+    from sweeps.study import run_sweep as sweep
+
+    tracking.use_experiment()
+    sweep(data_cfg, model_cfg, train_cfg, robust_cfg, space, sweep_cfg, data)
+
+
 def run_evaluate(args: argparse.Namespace) -> None:
     if bool(args.model_uri) == bool(args.run_id):
         raise ConfigError("model_uri", "give exactly one of model_uri (e.g. models:/m-...) or run_id (a training run)")
@@ -237,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("baseline", "qat", "perturb"):
             command.add_argument("--data_uri", default="", help="prepared data of an earlier prepare run (artifact URI)")
         command.set_defaults(handler=handler)
+    sweep = commands.add_parser("sweep", help="Optuna sweep over training-time perturbation levels")
+    add_data_arguments(sweep)
+    add_model_arguments(sweep, 1)
+    add_train_arguments(sweep)
+    add_robustness_arguments(sweep, with_target=False)  # the search space names the target hardware
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(handler=run_sweep)
     evaluate = commands.add_parser("evaluate", help="robustness evaluation of a logged model")
     evaluate.add_argument("--model_uri", default="", help="the model, e.g. models:/m-<id> (or give --run_id)")
     evaluate.add_argument("--run_id", default="", help="a training run whose model to evaluate")
@@ -248,12 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def raise_on_sigterm(signum, frame):  # noqa: ARG001
-    """SIGTERM unwinds like Ctrl-C, so open runs end FAILED instead of staying RUNNING."""
-    raise SystemExit(128 + signum)
+    """SIGTERM unwinds like Ctrl-C: open runs end KILLED and a running Optuna trial is marked failed."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     args = build_parser().parse_args(argv)
     try:
@@ -261,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: open runs were ended as KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -452,8 +452,12 @@ def load_target_hardware(path: str | Path, parameter: str = "target") -> Perturb
         raise ConfigError(parameter, f"{path} is not valid YAML: {error}") from None
     if not isinstance(spec, dict):
         raise ConfigError(parameter, f"{path} must hold a mapping of hardware levels")
-    spec = spec.get("target", spec)
+    return perturbation_from_mapping(spec.get("target", spec), parameter, str(path))
+
+
+def perturbation_from_mapping(spec: dict, parameter: str, origin: str) -> PerturbationConfig:
+    """A PerturbationConfig from a mapping (YAML), naming ``parameter`` for unknown keys."""
     allowed = {field.name for field in dataclasses.fields(PerturbationConfig)}
     if unknown := sorted(set(spec) - allowed):
-        raise ConfigError(parameter, f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(parameter, f"{origin}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     return PerturbationConfig(**spec)

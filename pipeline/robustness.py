@@ -31,7 +31,15 @@ import tensorflow as tf
 
 from pipeline.config import ClipMode, PerturbationConfig, RobustnessConfig, select_layers
 from pipeline.data import PreparedData
-from pipeline.perturbations import attach_hardware, calibrate, hardware_evaluation, plain_class, set_chip, set_levels
+from pipeline.perturbations import (
+    attach_hardware,
+    calibrate,
+    hardware_evaluation,
+    hardware_layers,
+    plain_class,
+    set_chip,
+    set_levels,
+)
 
 EFFECTS = ("noise", "weight_dev", "clip")
 LEVEL_UNITS = {"noise": "sigma (x RMS of clean output)", "weight_dev": "weight deviation (%)",
@@ -140,3 +148,32 @@ def summaries(curves: pd.DataFrame) -> dict[str, float]:
     result["robust_yield_target"] = float(target["yield"])
     return result
 
+
+
+class TargetValidation(tf.keras.callbacks.Callback):
+    """Adds ``val_target_accuracy`` to each epoch's logs: validation accuracy on one seeded chip of
+    the target hardware, measured on the model being trained (its layers must be the target's).
+
+    A sweep prunes on it, so a trial is judged by what it is optimized for -- robustness -- and
+    not by its clean accuracy, which perturbation-aware training deliberately trades away.
+    """
+
+    def __init__(self, data: PreparedData, target: PerturbationConfig, chip: int = 0, batch_size: int = 1024):
+        super().__init__()
+        self.images, self.labels = data.images("val"), data.labels("val")
+        self.target, self.chip, self.batch_size = target, chip, batch_size
+        self.accuracy = None
+
+    def on_train_begin(self, logs=None):
+        names = {layer.name for layer in hardware_layers(self.model)}
+        if names != set(model_targets(self.model, self.target.perturb_layers)):
+            raise ValueError(f"TargetValidation needs the trained model's hardware-aware layers {sorted(names)} to be "
+                             f"the target's ({self.target.perturb_layers})")
+        self.accuracy, _ = accuracy_function(self.model, self.batch_size)
+
+    def on_epoch_end(self, epoch, logs=None):
+        calibrate(self.model, self.images)
+        with hardware_evaluation(self.model, self.target, chip=self.chip):
+            accuracy = self.accuracy(self.images, self.labels)
+        if logs is not None:
+            logs["val_target_accuracy"] = accuracy

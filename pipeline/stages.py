@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import pipeline  # noqa: F401
 import tensorflow as tf
@@ -83,15 +83,22 @@ def training_stage(
     get_data: Callable[[], DataHandle],
     robustness: RobustnessConfig | None = None,
     perturbation: PerturbationConfig | None = None,
+    run_name: str | None = None,
+    monitors: Sequence[tf.keras.callbacks.Callback] = (),
+    callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+    tags: dict[str, str] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> dict:
     """Build, train, evaluate, size and log one model as the run of ``stage``; returns its comparison row.
 
     With ``perturbation`` the targeted layers are hardware-aware during training (perturbation-aware
     training); with ``robustness`` the trained model's robustness is evaluated and logged.
     ``get_data`` is called inside the stage's run, so a prepare run it starts is nested under it.
+    ``monitors`` add to each epoch's logs before they are logged; ``callbacks`` run after (pruning).
+    ``on_start`` receives the run id as soon as the run exists (a sweep stores it on its trial).
     """
     label = model_config.label
-    run_name = f"{stage}-{label}" + (f"-{perturbation.label}" if perturbation is not None else "")
+    run_name = run_name or f"{stage}-{label}" + (f"-{perturbation.label}" if perturbation is not None else "")
     if perturbation is not None:
         what = f"Perturbation-aware training ({perturbation.label} on {perturbation.perturb_layers} layers)"
     elif model_config.is_float:
@@ -99,7 +106,9 @@ def training_stage(
     else:
         what = f"Larq quantization-aware training ({model_config.bits}-bit)"
     targets = perturbation.targets(model_config) if perturbation is not None else ()
-    with tracking.stage_run(stage, run_name, f"{what} of the `{model_config.arch.value}`.", {"model": label}) as run_id:
+    with tracking.stage_run(stage, run_name, f"{what} of the `{model_config.arch.value}`.", {"model": label, **(tags or {})}) as run_id:
+        if on_start:
+            on_start(run_id)
         handle = get_data()
         tracking.log_tags({
             **handle.tags,
@@ -118,7 +127,7 @@ def training_stage(
         if perturbation is not None:
             model = attach_hardware(model, perturbation, targets, train_seed=train_config.seed)
         print(f"[{stage}] training {run_name}: {model.count_params():,} weights, {train_config.epochs} epochs")
-        result = train(model, handle.data, train_config, callbacks=[tracking.EpochMetricsLogger()])
+        result = train(model, handle.data, train_config, callbacks=[*monitors, tracking.EpochMetricsLogger(), *callbacks])
         evaluation = evaluate(model, handle.data)
         deployable = strip_hardware(model)
         size_metrics, size_tags = size_report(deployable, model_config.bits)

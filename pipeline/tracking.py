@@ -46,9 +46,25 @@ def stage_run(stage: str, run_name: str, description: str, tags: Mapping[str, st
     """
     all_tags = {"stage": stage, "mlflow.note.content": description, **(tags or {})}
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=run_name, nested=nested, tags=all_tags) as run:
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags=all_tags)
+    try:
         mlflow.set_tags({"mlflow.runName": run_name, **all_tags})  # also names a run resumed from `mlflow run`
         yield run.info.run_id
+    except BaseException as error:
+        status = run_status_for(error)
+        with contextlib.suppress(Exception):  # the store may be the thing that failed
+            mlflow.set_tags({"outcome": status.lower(), "failure": f"{type(error).__name__}: {error}"[:4000]})
+        mlflow.end_run(status=status)
+        raise
+    mlflow.set_tag("outcome", "finished")
+    mlflow.end_run()
+
+
+def run_status_for(error: BaseException) -> str:
+    """KILLED for interruptions (Ctrl-C, SIGTERM) and pruned sweep trials, FAILED for errors."""
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return "KILLED"
+    return getattr(error, "mlflow_status", "FAILED")
 
 
 def log_params(params: Mapping[str, object]) -> None:
@@ -151,6 +167,20 @@ def source_run_of_model(model_uri: str) -> str:
     if model_uri.startswith("models:/m-"):
         return MlflowClient().get_logged_model(model_uri.removeprefix("models:/")).source_run_id or ""
     return ""
+
+
+def run_row(run_id: str) -> dict:
+    """A finished training run as a comparison row: its metrics, identity and robustness curves."""
+    import pandas as pd
+
+    run = MlflowClient().get_run(run_id)
+    row = {**run.data.metrics, "run_id": run_id, "stage": run.data.tags.get("stage", ""),
+           "model": run.data.tags.get("model", ""), "model_uri": run.data.tags.get("model_uri", ""),
+           "tflite_converter": run.data.tags.get("tflite_converter", "")}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(Exception):
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="robustness/curves.csv", dst_path=tmp)
+        row["curves"] = pd.read_csv(path)
+    return row
 
 
 def current_experiment_id() -> str:

@@ -1,0 +1,121 @@
+"""What a sweep leaves on its parent run: best trial, trials table, Optuna's plots, and the best
+trial compared with the plain baseline and plain QAT of the same data and architecture."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import optuna
+import pandas as pd
+from matplotlib import pyplot
+
+from pipeline import stages, tracking
+from pipeline.config import ModelConfig, RobustnessConfig, TrainConfig, flatten
+from sweeps.config import Objective, SweepConfig
+from sweeps.study import FINISHED_STATES
+
+TOP_TRIALS = 5
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    rows = []
+    for trial in study.trials:
+        row = {"number": trial.number, "state": trial.state.name, "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", "")}
+        if trial.values is not None:
+            names = ["target_accuracy"] if len(trial.values) == 1 else ["clean_accuracy", "target_accuracy"]
+            row.update(dict(zip(names, trial.values)))
+        row.update({f"param_{k}": v for k, v in trial.params.items()})
+        row.update({k: v for k, v in trial.user_attrs.items() if k in ("test_accuracy", "robust_yield_target", "fail_reason")})
+        row["seconds"] = trial.duration.total_seconds() if trial.duration else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_trial(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial | None:
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return None
+    if objective is Objective.TARGET:
+        return study.best_trial
+    return max(study.best_trials, key=lambda trial: trial.values[1])  # the front's most robust member
+
+
+def log_optuna_plots(study: optuna.Study, objective: Objective) -> list[str]:
+    """Optuna's matplotlib plots as PNG artifacts; returns the names of those that could not be drawn."""
+    vis = optuna.visualization.matplotlib
+    params = set().union(*(trial.params for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES)))
+    target = None if objective is Objective.TARGET else (lambda trial: trial.values[1])
+    plots = {
+        "optimization_history": lambda: vis.plot_optimization_history(study, target=target, target_name="target accuracy"),
+        "param_importances": lambda: vis.plot_param_importances(study, target=target, target_name="target accuracy"),
+        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target, target_name="target accuracy"),
+    }
+    if {"noise_sigma", "weight_dev_pct"} <= params:
+        plots["contour_sigma_deviation"] = lambda: vis.plot_contour(
+            study, params=["noise_sigma", "weight_dev_pct"], target=target, target_name="target accuracy")
+    if objective is Objective.PARETO:
+        plots["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=["clean accuracy", "target accuracy"])
+    skipped = []
+    for name, draw in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = draw()
+        except Exception as error:  # e.g. importances need two finished trials with varying parameters
+            skipped.append(f"{name}: {error}")
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.set_size_inches(10, 6)
+        tracking.log_figure(figure, f"optuna/{name}.png")
+        pyplot.close(figure)
+    return skipped
+
+
+def plain_reference(stage: str, model: ModelConfig, train: TrainConfig, robustness: RobustnessConfig, handle) -> dict:
+    """A FINISHED plain run of ``stage`` with the same data, model, training and robustness settings, else a new one."""
+    params = {**flatten("model", model), **flatten("train", train), **stages.flatten_robustness(robustness)}
+    run_id = tracking.find_finished_run(stage, {"data_hash": handle.data.content_hash}, params)
+    if run_id:
+        print(f"[sweep] reusing finished {stage} run {run_id}")
+        return tracking.run_row(run_id)
+    return stages.training_stage(stage, model, train, lambda: handle, robustness)
+
+
+def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelConfig, train: TrainConfig,
+                 robustness: RobustnessConfig) -> None:
+    table = trials_table(study)
+    tracking.log_table(table, "sweep/trials")
+    counts = table["state"].value_counts().to_dict() if len(table) else {}
+    tracking.log_metrics({f"trials_{state.lower()}": count for state, count in counts.items()})
+    if skipped := log_optuna_plots(study, config.objective):
+        tracking.log_text("\n".join(skipped), "optuna/skipped_plots.txt")
+    best = best_trial(study, config.objective)
+    if best is None:
+        print("[sweep] no trial has completed yet: nothing to compare")
+        return
+    tracking.log_metrics({"best_trial": best.number, "best_target_accuracy": best.user_attrs["robust_acc_target"],
+                          "best_test_accuracy": best.user_attrs["test_accuracy"],
+                          "best_target_yield": best.user_attrs["robust_yield_target"]})
+    tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
+    tracking.log_tags({"best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    if config.objective is Objective.PARETO:
+        front = table[table.number.isin([trial.number for trial in study.best_trials])]
+        tracking.log_table(front, "sweep/pareto_front")
+        print("\nPareto front (clean accuracy vs target accuracy)\n" + front.to_string(index=False))
+    print_top_trials(table, config.objective)
+    if config.compare:
+        quantized = model if not model.is_float else dataclasses.replace(model, bits=1)
+        rows = [plain_reference("baseline", dataclasses.replace(quantized, bits=32), train, robustness, handle),
+                plain_reference("qat", quantized, train, robustness, handle),
+                tracking.run_row(best.user_attrs["mlflow_run_id"])]
+        stages.log_comparison(rows)
+    parent = tracking.mlflow.active_run().info.run_id
+    print(f"\nBrowse: mlflow ui  (experiment {tracking.current_experiment_id()}, sweep parent run {parent})")
+
+
+def print_top_trials(table: pd.DataFrame, objective: Objective) -> None:
+    done = table[table.state == "COMPLETE"].sort_values("target_accuracy", ascending=False).head(TOP_TRIALS)
+    columns = [c for c in ("number", "target_accuracy", "clean_accuracy", "test_accuracy", "robust_yield_target") if c in done]
+    columns += [c for c in done.columns if c.startswith("param_")] + ["mlflow_run_id"]
+    print(f"\nTop {len(done)} trials ({objective.value} objective)\n" + done[columns].to_string(index=False))
+

@@ -1,0 +1,87 @@
+"""Real services for tests: a throw-away PostgreSQL cluster and an MLflow tracking server, on localhost."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_binary(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed: apt-get install postgresql (.ci/run does)")
+    return found
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server on a free localhost port with a database ``optuna``; yields its URL.
+
+    As root the cluster runs as the ``postgres`` system user (initdb refuses root), in a fresh
+    directory directly under the system temp dir (pytest's are private to their owner)."""
+    run_as: list[str] = []
+    directory = Path(tempfile.mkdtemp(prefix="hwl-postgres-"))
+    directory.chmod(0o755)
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(directory, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, port = directory / "data", free_port()
+    initdb = subprocess.run([*run_as, postgres_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                            capture_output=True, text=True)
+    if initdb.returncode:
+        raise RuntimeError(f"initdb failed: {initdb.stderr[-2000:]}")
+    subprocess.run([*run_as, postgres_binary("pg_ctl"), "-D", str(data), "-l", str(directory / "server.log"), "-w",
+                    "-o", f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c max_connections=100", "start"],
+                   check=True, capture_output=True)
+    try:
+        subprocess.run([*run_as, postgres_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*run_as, postgres_binary("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(directory: Path) -> Iterator[str]:
+    """``mlflow server`` with a SQLite backend and a local artifact root; yields its http:// URI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{directory / 'server.db'}",
+               "--artifacts-destination", str(directory / "artifacts"), "--workers", "1"]
+    log = open(directory / "server.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(directory / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+        log.close()

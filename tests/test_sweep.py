@@ -1,0 +1,219 @@
+"""The Optuna sweep: search-space validation, end to end, resume, pruning, divergence, Pareto, many workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+
+from pipeline.config import ConfigError
+from sweeps.space import load_space
+
+from conftest import PROJECT_ROOT, all_runs, run_cli, run_mlflow_project
+
+TINY = ["--limit", "100", "--epochs", "3", "--hidden_units", "32", "--chips", "1", "--noise_grid", "0,1",
+        "--weight_dev_grid", "0,50", "--clip_grid", "1,0.2", "--source", "bundled"]
+
+
+def write_space(tmp_path, body: str, name="space.yaml"):
+    (tmp_path / "target.yaml").write_text("noise_sigma: 0.3\nweight_dev_pct: 20\nclip_mode: relative\nclip_fraction: 0.5\n")
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize(
+    "params, entry, message",
+    [
+        ("voltage: {low: 0, high: 1}", "params.voltage", "unknown name"),
+        ("noise_sigma: {low: 0.5, high: 0.1}", "params.noise_sigma", "low \\(0.5\\) > high \\(0.1\\)"),
+        ("noise_sigma: {low: -0.5, high: 0.1}", "params.noise_sigma", "below 0"),
+        ("weight_dev_pct: {low: 0, high: 50, log: true}", "params.weight_dev_pct", "log range needs low > 0"),
+        ("weight_dev_pct: {low: 1, high: 50, step: 2}", "params.weight_dev_pct", "unknown key"),
+        ("noise_sigma: {low: 0.1}", "params.noise_sigma", "needs both low and high"),
+        ("clip_fraction: {low: 0, high: 1}", "params.clip_fraction", "> 0"),
+        ("clip_min: {low: -100, high: 10}\n  clip_max: {low: 5, high: 100}", "params.clip_max", "must exceed"),
+        ("clip_min: -100", "params.clip_min", "needs both"),
+        ("clip_min: -100\n  clip_max: 100\n  clip_fraction: {low: 0.2, high: 1}", "params.clip_fraction", "not both"),
+        ("out_bits: {low: 0, high: 8}", "params.out_bits", "below 1"),
+        ("perturb_layers: {low: 1, high: 2}", "params.perturb_layers", "only be fixed"),
+        ("out_bits: 4", "params.out_bits", "ADC needs a finite range"),
+    ],
+)
+def test_search_space_errors_name_the_entry(tmp_path, params, entry, message):
+    path = write_space(tmp_path, f"target: target.yaml\nparams:\n  {params}\n")
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_space(path)
+    assert raised.value.parameter == f"space: {entry}"
+
+
+def test_search_space_file_level_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown top-level key.*trials"):
+        load_space(write_space(tmp_path, "target: target.yaml\ntrials: 3\nparams: {}\n"))
+    with pytest.raises(ConfigError, match="must name the target"):
+        load_space(write_space(tmp_path, "params: {noise_sigma: {low: 0, high: 1}}\n"))
+    with pytest.raises(ConfigError, match="unknown key.*volts"):
+        load_space(write_space(tmp_path, "target: {volts: 3}\nparams: {}\n"))
+    with pytest.raises(ConfigError, match="no such search-space file"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_default_space_suggests_valid_levels_within_its_ranges():
+    space = load_space(PROJECT_ROOT / "sweeps" / "space.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        levels = space.suggest(trial)
+        for name, spec in space.ranges.items():
+            assert spec.low <= getattr(levels, name) <= spec.high
+        assert levels.clip_mode.value == "relative" and levels.perturb_layers == "hidden"
+        study.tell(trial, 0.0)
+    assert space.target.weight_dev_pct == 20
+
+
+def runs_of(uri, stage):
+    return [run for run in all_runs(uri) if run.data.tags.get("stage") == stage]
+
+
+@pytest.mark.slow
+def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
+    params = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, "noise_grid": "0,0.5,1",
+              "weight_dev_grid": "0,50,100", "clip_grid": "1,0.3,0.1", "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
+    result = run_mlflow_project("sweep", params)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Top 3 trials" in result.stdout and "mlflow ui" in result.stdout
+    (parent,) = runs_of(tracking_store, "sweep")
+    trials = runs_of(tracking_store, "trial")
+    assert parent.info.status == "FINISHED" and len(trials) == 3
+    assert sorted(run.info.run_name for run in trials) == ["trial-000", "trial-001", "trial-002"]
+    for run in trials:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["optuna_state"] == "COMPLETE"
+        assert {"perturb.noise_sigma", "perturb.weight_dev_pct", "perturb.clip_fraction"} <= set(run.data.params)
+        assert 0 <= run.data.metrics["robust_acc_target"] <= 1
+    study = optuna.load_study(study_name=parent.data.tags["optuna_study"], storage=params["storage"])
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {run.info.run_id for run in trials}
+    assert parent.data.metrics["best_target_accuracy"] == pytest.approx(study.best_value)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/parallel_coordinate.png",
+            "optuna/contour_sigma_deviation.png"} <= artifacts
+    top = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert {"sweep", "comparison"} <= top
+    # The best trial was compared with a plain baseline and QAT, trained once under the sweep.
+    assert len(runs_of(tracking_store, "baseline")) == 1 and len(runs_of(tracking_store, "qat")) == 1
+
+
+def sweep_command(storage, study, *extra):
+    return [sys.executable, "-m", "pipeline.cli", "sweep", "--storage", storage, "--study_name", study, *TINY, *extra]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_and_leaves_nothing_running(tracking_store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = sweep_command(storage, "resume-me", "--n_trials", "3", "--compare", "false")
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not any(run.data.tags.get("optuna_trial") == "1" for run in runs_of(tracking_store, "trial")):  # mid-study
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()[-3000:] if process.stdout else ""
+        time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    statuses = {run.data.tags.get("optuna_trial", run.data.tags["stage"]): run.info.status for run in all_runs(tracking_store)}
+    assert "RUNNING" not in statuses.values(), statuses
+    assert statuses["sweep"] == "KILLED" and statuses["1"] in ("KILLED", "FAILED")
+    study = optuna.load_study(study_name="resume-me", storage=storage)
+    assert study.trials[1].state == optuna.trial.TrialState.FAIL
+
+    resumed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="resume-me", storage=storage)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 3
+    parents = runs_of(tracking_store, "sweep")
+    assert len(parents) == 2
+    newest = max(parents, key=lambda run: run.info.start_time)
+    assert newest.data.tags["resumes_study"] == "True" and newest.info.run_name == "sweep-resume-me-resumed"
+    assert all(run.info.status != "RUNNING" for run in all_runs(tracking_store))
+    finished_runs = {t.user_attrs["mlflow_run_id"] for t in finished}
+    assert all(mlflow.get_run(run_id).info.status == "FINISHED" for run_id in finished_runs)
+
+
+@pytest.mark.slow
+def test_hopeless_trial_is_pruned_and_diverging_trial_fails(tracking_store, tmp_path):
+    space = write_space(tmp_path, "target: target.yaml\nparams:\n  noise_sigma: {low: 0.0, high: 1.0e+30}\n"
+                                  "  noise_mode: absolute\n")
+    storage, name = f"sqlite:///{tmp_path / 'optuna.db'}", "prune-me"
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    # Four fine trials; one hopeless (noise 10^4 accumulator units drowns every signal); one diverging
+    # (noise near float32's maximum overflows to inf, the loss to NaN); one fine.
+    for sigma in (0.0, 0.0, 0.0, 0.0, 1.0e4, 3.0e38, 0.0):
+        study.enqueue_trial({"noise_sigma": sigma})
+    result = run_cli("sweep", "--storage", storage, "--study_name", name, "--space", str(space), *TINY,
+                     "--n_trials", "6", "--compare", "false", "--epochs", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE"] * 4 + ["PRUNED", "FAIL", "COMPLETE"], states
+    assert "loss" in study.trials[5].user_attrs["fail_reason"]
+    pruned_run = mlflow.get_run(study.trials[4].user_attrs["mlflow_run_id"])
+    failed_run = mlflow.get_run(study.trials[5].user_attrs["mlflow_run_id"])
+    assert pruned_run.info.status == "KILLED" and pruned_run.data.tags["optuna_state"] == "PRUNED"
+    assert failed_run.info.status == "FAILED" and "loss" in failed_run.data.tags["fail_reason"]
+
+
+@pytest.mark.slow
+def test_pareto_objective_reports_a_non_dominated_front(tracking_store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = run_cli("sweep", "--storage", storage, "--study_name", "front", "--objective", "pareto", *TINY,
+                     "--n_trials", "5", "--compare", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Pareto front" in result.stdout
+    study = optuna.load_study(study_name="front", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 5 and study.best_trials
+    for member in study.best_trials:
+        assert not any(all(o >= m for o, m in zip(other.values, member.values)) and other.values != member.values
+                       for other in complete), member.number
+    (parent,) = runs_of(tracking_store, "sweep")
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
+    assert "optuna/pareto_front.png" in artifacts
+    front = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "sweep")
+    assert "sweep/pareto_front.csv" in {a.path for a in front}
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_on_postgresql(tmp_path, monkeypatch):
+    from services import mlflow_server, postgres
+
+    with postgres() as storage, mlflow_server(tmp_path / "mlflow") as tracking_uri:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_NAME": "workers",
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env.pop("MLFLOW_EXPERIMENT_ID", None)
+        mlflow.MlflowClient(tracking_uri).create_experiment("workers")
+        workers = [subprocess.Popen(sweep_command(storage, "shared", "--n_trials", "4", "--compare", "false", "--seed", str(seed)),
+                                    cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   for seed in (1, 2)]
+        outputs = [worker.communicate(timeout=900)[0] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0], [o[-2000:] for o in outputs]
+
+        study = optuna.load_study(study_name="shared", storage=storage)
+        numbers = [t.number for t in study.trials]
+        assert len(numbers) == len(set(numbers))
+        finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        # Each worker stops once the study holds 4 finished trials; one may have had a trial in flight then.
+        assert 4 <= len(finished) <= 5
+        client = mlflow.MlflowClient(tracking_uri)
+        runs = client.search_runs([client.get_experiment_by_name("workers").experiment_id], max_results=500)
+        parents = {run.info.run_id for run in runs if run.data.tags.get("stage") == "sweep"}
+        assert len(parents) == 2
+        for trial in (t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE):
+            children = [run for run in runs if run.data.tags.get("stage") == "trial"
+                        and run.data.tags.get("optuna_trial") == str(trial.number)]
+            assert len(children) == 1 and children[0].info.status == "FINISHED"
+            assert children[0].data.tags["mlflow.parentRunId"] in parents
+            assert children[0].info.run_id == trial.user_attrs["mlflow_run_id"]
