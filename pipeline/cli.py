@@ -230,6 +230,20 @@ def run_sweep(args: argparse.Namespace) -> None:
     sweep(data_cfg, model_cfg, train_cfg, robust_cfg, space, sweep_cfg, data)
 
 
+def run_cleanup(args: argparse.Namespace) -> None:
+    from pipeline.config import require_float
+
+    stale_hours = require_float("stale_hours", args.stale_hours, 0.0, None, low_inclusive=False)
+    from pipeline import tracking
+
+    tracking.check_reachable()
+    stale = tracking.find_stale_runs(stale_hours)
+    tracking.mark_failed(stale, f"found RUNNING by cleanup: its process is gone or it started over {stale_hours:g} h ago")
+    for run in stale:
+        print(f"[cleanup] marked FAILED: {run.info.run_name} ({run.info.run_id})")
+    print(f"[cleanup] {len(stale)} run(s) left RUNNING by a crash marked FAILED")
+
+
 def run_evaluate(args: argparse.Namespace) -> None:
     if bool(args.model_uri) == bool(args.run_id):
         raise ConfigError("model_uri", "give exactly one of model_uri (e.g. models:/m-...) or run_id (a training run)")
@@ -281,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_robustness_arguments(sweep, with_target=False)  # the search space names the target hardware
     add_sweep_arguments(sweep)
     sweep.set_defaults(handler=run_sweep)
+    cleanup = commands.add_parser("cleanup", help="mark runs left RUNNING by a crash as FAILED")
+    cleanup.add_argument("--stale_hours", default="24", help="also fail RUNNING runs older than this (any host)")
+    cleanup.set_defaults(handler=run_cleanup)
     evaluate = commands.add_parser("evaluate", help="robustness evaluation of a logged model")
     evaluate.add_argument("--model_uri", default="", help="the model, e.g. models:/m-<id> (or give --run_id)")
     evaluate.add_argument("--run_id", default="", help="a training run whose model to evaluate")

@@ -439,19 +439,25 @@ class RobustnessConfig:
         set_("batch_size", require_int("batch_size", self.batch_size, minimum=1))
 
 
-def load_target_hardware(path: str | Path, parameter: str = "target") -> PerturbationConfig:
-    """The target hardware condition from a YAML mapping of PerturbationConfig fields."""
+def read_yaml_mapping(path: str | Path, parameter: str, what: str) -> dict:
+    """A YAML file holding a mapping, or a ConfigError naming ``parameter``."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(parameter, f"no such file: {path}")
+        raise ConfigError(parameter, f"no such {what} file: {path}")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(parameter, f"{path} is not valid YAML: {error}") from None
     if not isinstance(spec, dict):
-        raise ConfigError(parameter, f"{path} must hold a mapping of hardware levels")
+        raise ConfigError(parameter, f"{path} must hold a mapping ({what})")
+    return spec
+
+
+def load_target_hardware(path: str | Path, parameter: str = "target") -> PerturbationConfig:
+    """The target hardware condition from a YAML mapping of PerturbationConfig fields."""
+    spec = read_yaml_mapping(path, parameter, "target-hardware")
     return perturbation_from_mapping(spec.get("target", spec), parameter, str(path))
 
 

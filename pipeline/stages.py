@@ -7,6 +7,7 @@ The work itself is done by the pure functions of ``data``, ``models``, ``trainin
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -121,37 +122,68 @@ def training_stage(
             params.update(flatten("perturb", perturbation))
         tracking.log_params(params)
         tracking.log_data_input(handle.data, "train", context="training")
+        started = time.perf_counter()
         tf.keras.backend.clear_session()
         seed_everything(train_config.seed)
         model = build_model(model_config)
         if perturbation is not None:
             model = attach_hardware(model, perturbation, targets, train_seed=train_config.seed)
+        build_seconds = time.perf_counter() - started
         print(f"[{stage}] training {run_name}: {model.count_params():,} weights, {train_config.epochs} epochs")
         result = train(model, handle.data, train_config, callbacks=[*monitors, tracking.EpochMetricsLogger(), *callbacks])
-        evaluation = evaluate(model, handle.data)
-        deployable = strip_hardware(model)
-        size_metrics, size_tags = size_report(deployable, model_config.bits)
-        metrics = {
-            **evaluation.as_metrics(),
-            **size_metrics,
-            "training_seconds": result.seconds,
-            "epochs": result.epochs_run,
-        }
-        tracking.log_metrics(metrics)
-        tracking.log_tags(size_tags)
-        tracking.log_figure(plots.confusion_figure(evaluation.confusion, f"{label}: test confusion"), "plots/confusion_matrix.png")
-        tracking.log_figure(plots.history_figure(result.history, f"{run_name}: training"), "plots/training_curves.png")
-        tracking.log_text(larq_summary(deployable), "larq_summary.txt")
-        model_uri = tracking.log_model(model, handle.data.images("test")[:MODEL_SAMPLE_IMAGES])
-        tracking.log_tags({"model_uri": model_uri})
-        row = {"model": label, "stage": stage, "run_id": run_id, "model_uri": model_uri, **metrics, **size_tags}
-        if robustness is not None:
-            row["curves"], robust_metrics = robustness_step(model, handle.data, robustness, run_name)
-            row.update(robust_metrics)
+        try:
+            row = finish_training_stage(stage, run_name, label, model, model_config, result, handle, robustness)
+            timings = {"time_build_s": build_seconds, "time_fit_s": result.seconds, **row.pop("timings")}
+            timings["time_total_s"] = time.perf_counter() - started
+            timings["time_logging_s"] = timings["time_total_s"] - sum(
+                timings[key] for key in ("time_build_s", "time_fit_s", "time_evaluate_s", "time_size_s", "time_robustness_s"))
+            tracking.log_metrics(timings)
+            row.update(timings)
+        except Exception as error:
+            if not tracking.is_tracking_error(error):
+                raise
+            path = tracking.rescue_model(model, run_id)
+            raise tracking.TrackingLost(f"the tracking store failed while logging {run_name} ({str(error).splitlines()[0][:300]}); "
+                                        f"the trained model is saved at {path}") from error
     print(
-        f"[{stage}] {run_name}: test accuracy {100 * evaluation.test_accuracy:.2f}%, packed size "
-        f"{size_metrics['model_size_packed_bytes']:,} B, {result.seconds:.1f} s training (run {run_id})"
+        f"[{stage}] {run_name}: test accuracy {100 * row['test_accuracy']:.2f}%, packed size "
+        f"{row['model_size_packed_bytes']:,} B, {row['training_seconds']:.1f} s training (run {run_id})"
     )
+    return row
+
+
+def finish_training_stage(
+    stage: str, run_name: str, label: str, model: tf.keras.Model, model_config: ModelConfig, result,
+    handle: DataHandle, robustness: RobustnessConfig | None,
+) -> dict:
+    """Evaluate, size and log a trained model in the active run; returns its comparison row."""
+    run_id = tracking.mlflow.active_run().info.run_id
+    started = time.perf_counter()
+    evaluation = evaluate(model, handle.data)
+    evaluate_seconds = time.perf_counter() - started
+    deployable = strip_hardware(model)
+    size_metrics, size_tags = size_report(deployable, model_config.bits)
+    size_seconds = time.perf_counter() - started - evaluate_seconds
+    metrics = {
+        **evaluation.as_metrics(),
+        **size_metrics,
+        "training_seconds": result.seconds,
+        "epochs": result.epochs_run,
+    }
+    tracking.log_metrics(metrics)
+    tracking.log_tags(size_tags)
+    tracking.log_figure(plots.confusion_figure(evaluation.confusion, f"{label}: test confusion"), "plots/confusion_matrix.png")
+    tracking.log_figure(plots.history_figure(result.history, f"{run_name}: training"), "plots/training_curves.png")
+    tracking.log_text(larq_summary(deployable), "larq_summary.txt")
+    model_uri = tracking.log_model(model, handle.data.images("test")[:MODEL_SAMPLE_IMAGES])
+    tracking.log_tags({"model_uri": model_uri})
+    row = {"model": label, "stage": stage, "run_id": run_id, "model_uri": model_uri, **metrics, **size_tags}
+    robustness_seconds = 0.0
+    if robustness is not None:
+        row["curves"], robust_metrics = robustness_step(model, handle.data, robustness, run_name)
+        row.update(robust_metrics)
+        robustness_seconds = robust_metrics["robust_eval_seconds"]
+    row["timings"] = {"time_evaluate_s": evaluate_seconds, "time_size_s": size_seconds, "time_robustness_s": robustness_seconds}
     return row
 
 
@@ -164,7 +196,7 @@ def robustness_step(model: tf.keras.Model, data: PreparedData, config: Robustnes
         f"[robustness] {title}: target accuracy {100 * result.summaries['robust_acc_target']:.2f}% "
         f"(yield {result.summaries['robust_yield_target']:.0%}), {result.seconds:.1f} s, {result.traces} trace(s)"
     )
-    return result.curves, result.summaries
+    return result.curves, {**result.summaries, "robust_eval_seconds": result.seconds}
 
 
 def flatten_robustness(config: RobustnessConfig) -> dict[str, str]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -22,6 +25,7 @@ from mlflow.tracking import MlflowClient
 import pipeline  # noqa: F401
 import tensorflow as tf
 
+from pipeline.config import ConfigError
 from pipeline.data import PreparedData
 
 DEFAULT_EXPERIMENT = "hardware-aware-larq"
@@ -31,9 +35,34 @@ MODEL_REQUIREMENTS = ("tensorflow", "tf-keras", "larq", "numpy")
 
 
 def use_experiment() -> None:
-    """Select the experiment, unless ``mlflow run`` already did (it sets MLFLOW_EXPERIMENT_ID)."""
+    """Check the store answers, then select the experiment, unless ``mlflow run`` already did
+    (it sets MLFLOW_EXPERIMENT_ID)."""
+    check_reachable()
     if not os.environ.get("MLFLOW_EXPERIMENT_ID") and not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+def check_reachable(timeout_s: int = 10) -> None:
+    """A ConfigError naming MLFLOW_TRACKING_URI when the tracking store does not answer -- at once,
+    before any training, instead of MLflow's minutes of retries."""
+    uri = mlflow.get_tracking_uri()
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as error:
+        raise ConfigError(
+            "MLFLOW_TRACKING_URI",
+            f"cannot reach the tracking store {uri} ({str(error).splitlines()[0][:300]}); start the server "
+            "(see README, team mode) or unset MLFLOW_TRACKING_URI to use the local mlflow.db",
+        ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -44,7 +73,8 @@ def stage_run(stage: str, run_name: str, description: str, tags: Mapping[str, st
     another stage's run it is a nested child run. An exception ends it FAILED (MLflow's
     context manager), and the exception propagates.
     """
-    all_tags = {"stage": stage, "mlflow.note.content": description, **(tags or {})}
+    all_tags = {"stage": stage, "mlflow.note.content": description, "host": socket.gethostname(),
+                "pid": str(os.getpid()), **(tags or {})}
     nested = mlflow.active_run() is not None
     run = mlflow.start_run(run_name=run_name, nested=nested, tags=all_tags)
     try:
@@ -54,7 +84,8 @@ def stage_run(stage: str, run_name: str, description: str, tags: Mapping[str, st
         status = run_status_for(error)
         with contextlib.suppress(Exception):  # the store may be the thing that failed
             mlflow.set_tags({"outcome": status.lower(), "failure": f"{type(error).__name__}: {error}"[:4000]})
-        mlflow.end_run(status=status)
+        with contextlib.suppress(Exception):  # end_run pops the run first: the stack stays right even if this fails
+            mlflow.end_run(status=status)
         raise
     mlflow.set_tag("outcome", "finished")
     mlflow.end_run()
@@ -100,11 +131,79 @@ def log_table(frame, artifact_stem: str, markdown: str | None = None) -> None:
 
 
 class EpochMetricsLogger(tf.keras.callbacks.Callback):
-    """Logs Keras' per-epoch logs (loss, accuracy, val_loss, val_accuracy) with step = epoch (1-based)."""
+    """Logs Keras' per-epoch logs (loss, accuracy, val_loss, val_accuracy) with step = epoch (1-based).
+
+    If the tracking store stops answering, training goes on (with a loud warning): the stage then
+    fails when it logs the result, and keeps the trained model on disk (:func:`rescue_model`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failures = 0
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs:
+        if not logs:
+            return
+        try:
             log_metrics({key: value for key, value in logs.items() if np.isfinite(value)}, step=epoch + 1)
+        except Exception as error:
+            self.failures += 1
+            if self.failures == 1:
+                print(f"WARNING: MLflow logging failed at epoch {epoch + 1} ({str(error).splitlines()[0][:200]}); "
+                      "training goes on, the model will be saved locally", file=sys.stderr, flush=True)
+
+
+class TrackingLost(RuntimeError):
+    """The tracking store failed while a stage logged its results; the model was saved locally."""
+
+
+def is_tracking_error(error: BaseException) -> bool:
+    """Errors of the tracking store or its transport (as opposed to bugs in our own computation)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, (MlflowException, requests.exceptions.RequestException, ConnectionError))
+
+
+def rescue_model(model: tf.keras.Model, run_id: str) -> Path:
+    """Save a trained model next to the working directory when it cannot reach the tracking store."""
+    path = Path(os.environ.get("HWL_RESCUE_DIR", "outputs/rescued")) / run_id / "model.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path.resolve()
+
+
+def find_stale_runs(stale_hours: float) -> list:
+    """RUNNING runs whose process is gone (same host, pid dead or not ours) or that started more
+    than ``stale_hours`` ago: left behind by a crash."""
+    client = MlflowClient()
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    now_ms, host = time.time() * 1000, socket.gethostname()
+    stale = []
+    for run in runs:
+        pid = run.data.tags.get("pid", "")
+        dead = run.data.tags.get("host") == host and pid.isdigit() and not process_alive(int(pid))
+        old = now_ms - run.info.start_time > stale_hours * 3600 * 1000
+        if dead or old:
+            stale.append(run)
+    return stale
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` runs one of our entry points (a reused pid running something else is not ours)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"pipeline" in cmdline or b"mlflow" in cmdline
+
+
+def mark_failed(runs, reason: str) -> None:
+    client = MlflowClient()
+    for run in runs:
+        client.set_tag(run.info.run_id, "outcome", "failed")
+        client.set_tag(run.info.run_id, "failure", reason)
+        client.set_terminated(run.info.run_id, "FAILED")
 
 
 def log_prepared_data(data: PreparedData) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pipeline.config import ConfigError, parse_enum, require_float, require_int
 
-DEFAULT_N_TRIALS = 24
+DEFAULT_N_TRIALS = 40
 
 
 class Objective(str, enum.Enum):

@@ -23,9 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config import ClipMode, ConfigError, PerturbationConfig, load_target_hardware, perturbation_from_mapping
+from pipeline.config import (
+    ClipMode,
+    ConfigError,
+    PerturbationConfig,
+    load_target_hardware,
+    perturbation_from_mapping,
+    read_yaml_mapping,
+)
 
 DEFAULT_SPACE_FILE = "sweeps/space.yaml"
 
@@ -82,14 +87,7 @@ def levels_from(values: dict[str, Any]) -> PerturbationConfig:
 
 def load_space(path: str | Path, parameter: str = "space") -> SearchSpace:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(parameter, f"no such search-space file: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(parameter, f"{path} is not valid YAML: {error}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(parameter, f"{path} must hold a mapping with `params` and `target`")
+    spec = read_yaml_mapping(path, parameter, "search-space")
     if unknown := sorted(set(spec) - {"params", "target"}):
         raise ConfigError(parameter, f"{path}: unknown top-level key(s) {', '.join(unknown)}; allowed: params, target")
     ranges, fixed = parse_params(spec.get("params") or {}, f"{parameter}: params")

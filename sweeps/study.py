@@ -65,7 +65,7 @@ def masked(url: str) -> str:
 
 
 def study_name(config: SweepConfig, data: DataConfig, model: ModelConfig) -> str:
-    return config.study_name or f"sweep-{data.dataset.value}-{model.label}-{config.objective.value}"
+    return config.study_name or f"{data.dataset.value}-{model.label}-{config.objective.value}"
 
 
 def open_study(config: SweepConfig, name: str, seed: int) -> optuna.Study:
@@ -84,7 +84,9 @@ def open_study(config: SweepConfig, name: str, seed: int) -> optuna.Study:
     if config.objective is Objective.TARGET:
         directions = ["maximize"]
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+        # Prune only the hopeless: keep the top 75 % at each epoch, i.e. cut the bottom quarter (a median
+        # cut pruned 32 of 40 default trials on one-chip, mid-training estimates).
+        pruner = optuna.pruners.PercentilePruner(75.0, n_startup_trials=4, n_warmup_steps=2)
     else:
         directions = ["maximize", "maximize"]
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
@@ -114,6 +116,17 @@ class StopWhenDone:
         failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
         if finished_count(study) >= self.n_trials or failed >= self.n_trials:
             study.stop()
+
+
+def resident_memory_mb() -> float:
+    """This process's resident memory now (Linux /proc; 0 where unavailable)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def record_outcome(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -151,6 +164,7 @@ def make_objective(space: SearchSpace, objective: Objective, get_data: Callable,
             raise
         for key in ("test_accuracy", "robust_acc_target", "robust_yield_target"):
             trial.set_user_attr(key, row[key])
+        trial.set_user_attr("worker_rss_mb", resident_memory_mb())  # memory must stay flat across trials
         if objective is Objective.TARGET:
             return row["robust_acc_target"]
         return row["test_accuracy"], row["robust_acc_target"]
@@ -164,6 +178,9 @@ def run_sweep(data_config: DataConfig, model_config: ModelConfig, train_config: 
     from sweeps import report
 
     name = study_name(config, data_config, model_config)
+    if stale := tracking.find_stale_runs(stale_hours=24):  # runs a crashed worker left RUNNING
+        tracking.mark_failed(stale, "found RUNNING at the start of a sweep: its process is gone")
+        print(f"[sweep] marked {len(stale)} run(s) left RUNNING by a crash as FAILED")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours (record_outcome)
     study = open_study(config, name, seed=train_config.seed)
     before = finished_count(study)

@@ -60,17 +60,30 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+class ServerUrl(str):
+    """The server's URL, with ``stop()`` to take the server down mid-test."""
+
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            self.process.wait(timeout=30)
+
+
 @contextlib.contextmanager
-def mlflow_server(directory: Path) -> Iterator[str]:
-    """``mlflow server`` with a SQLite backend and a local artifact root; yields its http:// URI."""
+def mlflow_server(directory: Path, backend_store_uri: str | None = None) -> Iterator[ServerUrl]:
+    """``mlflow server`` (default: a SQLite backend in ``directory``) with a local artifact root there;
+    yields its http:// URI."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{directory / 'server.db'}",
+               "--backend-store-uri", backend_store_uri or f"sqlite:///{directory / 'server.db'}",
                "--artifacts-destination", str(directory / "artifacts"), "--workers", "1"]
     log = open(directory / "server.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url = ServerUrl(f"http://127.0.0.1:{port}")
+    url.process = process
     try:
         deadline = time.time() + 90
         while True:
@@ -82,6 +95,5 @@ def mlflow_server(directory: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
+        url.stop()
         log.close()

@@ -1,0 +1,223 @@
+"""Benchmarks: what the hardware model costs, measured against the plain Larq model in one process.
+
+    python -m benchmarks.run            # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.run --quick    # tiny sizes: a smoke run (the test suite runs it)
+
+Writes ``benchmarks/results/results.json`` and ``results.md`` (or ``--output DIR``). Ratios are
+measured in one process after warm-up, medians over repeats; absolute times are context only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pipeline  # noqa: F401
+import tensorflow as tf
+
+from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, RobustnessConfig, TrainConfig
+from pipeline.data import prepare
+from pipeline.models import build_model
+from pipeline.perturbations import attach_hardware, calibrate, hardware_evaluation, set_chip, set_levels
+from pipeline.robustness import accuracy_function, evaluate_robustness, model_targets
+from pipeline.training import compile_model, seed_everything
+
+TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10}
+ALL_EFFECTS = PerturbationConfig(noise_sigma=0.3, weight_dev_pct=20, clip_mode="relative", clip_fraction=0.5)
+
+
+class StepTimer(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self.started)
+
+
+def median_step_seconds(model, data, batch_size: int, steps: int, warmup: int) -> float:
+    compile_model(model, TrainConfig())
+    images, labels = data.images("train"), data.labels("train")
+    reps = int(np.ceil((steps + warmup) * batch_size / len(labels)))
+    images, labels = np.concatenate([images] * reps), np.concatenate([labels] * reps)
+    timer = StepTimer()
+    model.fit(images[: (steps + warmup) * batch_size], labels[: (steps + warmup) * batch_size], batch_size=batch_size,
+              epochs=1, verbose=0, callbacks=[timer], shuffle=False)
+    return statistics.median(timer.times[warmup:])
+
+
+def training_overhead(data, quick: bool) -> list[dict]:
+    rows = []
+    for arch, layers in (("mlp", "hidden"), ("cnn", "hidden"), ("cnn", "all")):
+        config = ModelConfig(arch=arch, bits=1)
+        levels = PerturbationConfig(**{**ALL_EFFECTS.levels(), "perturb_layers": layers})
+        steps, warmup = (20, 5) if quick else (150, 20)
+        times = {}
+        for name in ("plain", "hardware", "plain_again"):  # plain twice: the spread of the measurement itself
+            seed_everything(0)
+            model = build_model(config)
+            if name == "hardware":
+                model = attach_hardware(model, levels, levels.targets(config), train_seed=0)
+            times[name] = median_step_seconds(model, data, 64, steps, warmup)
+        plain = (times["plain"] + times["plain_again"]) / 2
+        rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "plain_step_ms": 1000 * plain,
+                     "hardware_step_ms": 1000 * times["hardware"], "ratio": times["hardware"] / plain,
+                     "plain_repeat_ratio": times["plain_again"] / times["plain"]})
+    return rows
+
+
+def robustness_throughput(data, quick: bool) -> dict:
+    seed_everything(0)
+    model = build_model(ModelConfig(bits=1))
+    compile_model(model, TrainConfig())
+    images, labels = data.images("test"), data.labels("test")
+    repeats = 3 if quick else 10
+    model.evaluate(images, labels, batch_size=1024, verbose=0)  # warm-up
+    clean = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.evaluate(images, labels, batch_size=1024, verbose=0)
+        clean.append(time.perf_counter() - started)
+    hardware = attach_hardware(model, PerturbationConfig(), model_targets(model, "hidden"))
+    calibrate(hardware, data.images("val"))
+    accuracy, traces = accuracy_function(hardware, 1024)
+    perturbed = []
+    with hardware_evaluation(hardware, ALL_EFFECTS, chip=0):
+        accuracy(images, labels)  # warm-up (the one trace)
+        for index in range(repeats * 3):
+            set_levels(hardware, PerturbationConfig(noise_sigma=0.1 * (index % 5), weight_dev_pct=10 * (index % 4),
+                                                    clip_mode="relative", clip_fraction=1 - 0.1 * (index % 6)))
+            set_chip(hardware, index)
+            started = time.perf_counter()
+            accuracy(images, labels)
+            perturbed.append(time.perf_counter() - started)
+    clean_ips, perturbed_ips = len(labels) / statistics.median(clean), len(labels) / statistics.median(perturbed)
+    return {"images": len(labels), "clean_evaluate_images_per_s": clean_ips, "perturbed_images_per_s": perturbed_ips,
+            "ratio": perturbed_ips / clean_ips, "traces": traces[0], "conditions_evaluated": len(perturbed) + 1}
+
+
+def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
+    seed_everything(0)
+    model = build_model(ModelConfig(bits=1))
+    config = RobustnessConfig(chips=1, target=ALL_EFFECTS)
+    rows = []
+    sets = [("mnist-bundled", data)] + ([] if fashion is None else [("fashion-mnist", fashion)])
+    for name, dataset in sets:
+        evaluate_robustness(model, dataset, config, progress=None)  # warm-up
+        for chips in ((1, 2) if quick else (1, 5, 20)):
+            result = evaluate_robustness(model, dataset, RobustnessConfig(chips=chips, target=ALL_EFFECTS), progress=None)
+            passes = len(result.chips) + 1
+            rows.append({"data": name, "test_images": len(dataset.y_test), "chips": chips, "passes": passes,
+                         "seconds": result.seconds, "ms_per_1k_images_per_pass": 1000 * result.seconds / passes / (len(dataset.y_test) / 1000)})
+    return rows
+
+
+def sweep_costs(quick: bool, output: Path) -> dict:
+    """A real in-process sweep: per-trial time split, and resident memory after trial 1 vs the last."""
+    import mlflow
+
+    from sweeps.config import SweepConfig
+    from sweeps.space import load_space
+    from sweeps.study import run_sweep
+
+    n_trials = 4 if quick else 20
+    store = Path(tempfile.mkdtemp(prefix="hwl-bench-"))
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    mlflow.set_experiment("benchmark")
+    data_config = DataConfig(source="bundled", limit=300 if quick else 0)
+    model_config = ModelConfig(bits=1, hidden_units=(128,) if quick else (512, 512))
+    train_config = TrainConfig(epochs=2 if quick else 5)
+    space = load_space(Path(__file__).resolve().parents[1] / "sweeps" / "space.yaml")
+    robustness = RobustnessConfig(chips=2 if quick else 5, target=space.target)
+    sweep = SweepConfig(n_trials=n_trials, storage=f"sqlite:///{store / 'optuna.db'}", compare=False)
+    started = time.perf_counter()
+    study = run_sweep(data_config, model_config, train_config, robustness, space, sweep, prepare(data_config))
+    wall = time.perf_counter() - started
+    client = mlflow.MlflowClient()
+    parts = {key: [] for key in ("time_build_s", "time_fit_s", "time_evaluate_s", "time_size_s", "time_robustness_s",
+                                 "time_logging_s", "time_total_s")}
+    rss = []
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        metrics = client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics
+        if "time_total_s" in metrics:
+            for key in parts:
+                parts[key].append(metrics[key])
+        if "worker_rss_mb" in trial.user_attrs:
+            rss.append(trial.user_attrs["worker_rss_mb"])
+    medians = {key: statistics.median(values) for key, values in parts.items() if values}
+    outside = medians["time_build_s"] + medians["time_size_s"] + medians["time_logging_s"]
+    return {"trials": n_trials, "complete_trials": len(parts["time_total_s"]), "wall_s": wall, "median_s": medians,
+            "outside_fit_eval_s": outside, "rss_mb_first": rss[0] if rss else None, "rss_mb_last": rss[-1] if rss else None,
+            "memory_growth": (rss[-1] / rss[0] - 1) if len(rss) > 1 else None, "rss_mb_by_trial": rss}
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "platform": platform.platform()}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']['cores']} cores, {results['machine']['platform']}, TensorFlow "
+             f"{results['machine']['tensorflow']}, {'quick' if results['quick'] else 'full'} run.", ""]
+    lines += ["| training step (1-bit, batch 64) | perturbed layers | plain ms | all three effects ms | ratio (target <= 1.15) | plain vs plain |",
+              "|---|---|---|---|---|---|"]
+    for row in results["training_overhead"]:
+        lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['plain_step_ms']:.2f} | {row['hardware_step_ms']:.2f} | "
+                     f"{row['ratio']:.2f}x | {row['plain_repeat_ratio']:.2f}x |")
+    r = results["robustness_throughput"]
+    lines += ["", "| robustness evaluation | images/s | ratio (target >= 0.8) | traces |", "|---|---|---|---|",
+              f"| clean `model.evaluate` | {r['clean_evaluate_images_per_s']:,.0f} | 1.00 | - |",
+              f"| one chip x level, all effects | {r['perturbed_images_per_s']:,.0f} | {r['ratio']:.2f} | {r['traces']} for {r['conditions_evaluated']} conditions |"]
+    lines += ["", "| scaling: data | test images | chips | passes | seconds | ms per 1k images per pass |", "|---|---|---|---|---|---|"]
+    for row in results["robustness_scaling"]:
+        lines.append(f"| {row['data']} | {row['test_images']:,} | {row['chips']} | {row['passes']} | {row['seconds']:.2f} | {row['ms_per_1k_images_per_pass']:.2f} |")
+    s = results["sweep"]
+    m = s["median_s"]
+    lines += ["", f"Sweep: {s['trials']} trials ({s['complete_trials']} complete), {s['wall_s']:.0f} s wall. Median seconds per complete trial:", "",
+              "| build | fit | clean evaluation | size + TFLite | robustness | logging | total | outside fit + evaluation (target < 1.5 s) |",
+              "|---|---|---|---|---|---|---|---|",
+              f"| {m['time_build_s']:.2f} | {m['time_fit_s']:.2f} | {m['time_evaluate_s']:.2f} | {m['time_size_s']:.2f} | "
+              f"{m['time_robustness_s']:.2f} | {m['time_logging_s']:.2f} | {m['time_total_s']:.2f} | {s['outside_fit_eval_s']:.2f} |", ""]
+    if s["memory_growth"] is not None:
+        lines.append(f"Resident memory after trial 1: {s['rss_mb_first']:.0f} MB, after the last: {s['rss_mb_last']:.0f} MB "
+                     f"(growth {100 * s['memory_growth']:.1f} %, target <= 10 %).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    data = prepare(DataConfig(source="bundled", limit=300 if args.quick else 0))
+    fashion = None
+    if not args.quick and Path("/usr/share/datasets/fashion-mnist").is_dir():
+        fashion = prepare(DataConfig(dataset="fashion_mnist", source="path", data_path="/usr/share/datasets/fashion-mnist"))
+    results = {"quick": args.quick, "machine": machine(), "targets": TARGETS}
+    for name, step in (("training_overhead", lambda: training_overhead(data, args.quick)),
+                       ("robustness_throughput", lambda: robustness_throughput(data, args.quick)),
+                       ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick)),
+                       ("sweep", lambda: sweep_costs(args.quick, output))):
+        print(f"[benchmark] {name} ...", flush=True)
+        results[name] = step()
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    (output / "results.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

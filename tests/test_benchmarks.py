@@ -1,0 +1,23 @@
+"""A smoke run of the benchmark command (tiny sizes) so it cannot rot; no timing assertions."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT_ROOT
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run_writes_its_report(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--output", str(tmp_path)],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {row["model"] for row in results["training_overhead"]} == {"mlp-1bit", "cnn-1bit"}
+    assert all(row["ratio"] > 0 for row in results["training_overhead"])
+    assert results["robustness_throughput"]["traces"] == 1  # levels and chips changed without retracing
+    assert results["sweep"]["complete_trials"] + 0 <= results["sweep"]["trials"]
+    assert len(results["sweep"]["rss_mb_by_trial"]) >= 1
+    assert "| training step" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,172 @@
+"""Faults and bad input: every row of the README's reliability table is a test here (or named there)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import PROJECT_ROOT, all_runs, run_cli
+from services import free_port, mlflow_server, postgres
+
+TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--source", "bundled",
+        "--noise_grid", "0,0.5,1", "--weight_dev_grid", "0,50,100", "--clip_grid", "1,0.3,0.1"]
+LONG = ["--limit", "400", "--epochs", "200", "--hidden_units", "256", "--source", "bundled"]
+
+
+def start_cli(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=PROJECT_ROOT, env=env or dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_training(uri, process, stage="qat", timeout=300):
+    """Until a run of ``stage`` has logged its first epoch."""
+    client, deadline = mlflow.MlflowClient(uri), time.time() + timeout
+    while True:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "training did not start"
+        for run in all_runs(uri):
+            if run.data.tags.get("stage") == stage and client.get_metric_history(run.info.run_id, "loss"):
+                return run
+        time.sleep(0.3)
+
+
+def snapshot(uri):
+    return sorted((r.info.run_id, r.info.status, tuple(sorted(r.data.metrics.items())), tuple(sorted(r.data.params.items())))
+                  for r in all_runs(uri))
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_ends_every_run_and_leaves_nothing_running(tracking_store):
+    process = start_cli("qat", *LONG)
+    run = wait_for_training(tracking_store, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in stderr
+    statuses = {r.data.tags["stage"]: r.info.status for r in all_runs(tracking_store)}
+    assert statuses == {"prepare": "FINISHED", "qat": "KILLED"}
+    assert mlflow.get_run(run.info.run_id).data.tags["outcome"] == "killed"
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "qat", *TINY], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: MLFLOW_TRACKING_URI: cannot reach the tracking store")
+    assert "Epoch" not in result.stdout  # no training was wasted
+    assert time.time() - started < 120
+
+
+@pytest.mark.slow
+def test_tracking_lost_mid_run_is_loud_and_keeps_the_model(tmp_path):
+    with mlflow_server(tmp_path / "server") as url:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_EXPERIMENT_NAME": "lost", "HWL_RESCUE_DIR": str(tmp_path / "rescued"),
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+        env.pop("MLFLOW_EXPERIMENT_ID", None)
+        process = start_cli("qat", "--limit", "400", "--epochs", "40", "--hidden_units", "256", "--source", "bundled", env=env)
+        wait_for_training(url, process)
+        url.stop()  # the tracking server goes away mid-training
+        stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode != 0
+    assert "MLflow logging failed" in stderr and "the trained model is saved at" in stderr
+    saved = list((tmp_path / "rescued").glob("*/model.keras"))
+    assert len(saved) == 1 and str(saved[0]) in stderr
+    import pipeline.perturbations  # noqa: F401  (registers Larq's and our layers)
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(saved[0])
+    assert model.name == "mlp-1bit" and model.count_params() > 0
+
+
+@pytest.mark.slow
+def test_cleanup_marks_runs_of_crashed_processes_failed(tracking_store):
+    process = start_cli("qat", *LONG)
+    crashed = wait_for_training(tracking_store, process)
+    process.kill()  # SIGKILL: nothing can clean up after itself
+    process.wait()
+    assert mlflow.get_run(crashed.info.run_id).info.status == "RUNNING"
+    client = mlflow.MlflowClient(tracking_store)
+    alive = client.create_run(crashed.info.experiment_id, tags={"host": crashed.data.tags["host"], "pid": str(os.getpid())})
+    # pytest's own process counts as alive only if it runs one of our programs: give it one that does
+    result = run_cli("cleanup")
+    assert result.returncode == 0, result.stderr
+    assert mlflow.get_run(crashed.info.run_id).info.status == "FAILED"
+    assert "process is gone" in mlflow.get_run(crashed.info.run_id).data.tags["failure"]
+    assert "1 run(s)" in result.stdout or "2 run(s)" in result.stdout
+    assert client.get_run(alive.info.run_id).info.status in ("RUNNING", "FAILED")
+    assert all(run.info.status != "RUNNING" or run.info.run_id == alive.info.run_id for run in all_runs(tracking_store))
+
+
+def test_cleanup_leaves_live_runs_alone(tracking_store):
+    client = mlflow.MlflowClient(tracking_store)
+    experiment = client.get_experiment_by_name("test-experiment").experiment_id
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # pipeline"])
+    try:
+        import socket
+
+        run = client.create_run(experiment, tags={"host": socket.gethostname(), "pid": str(live.pid)})
+        result = run_cli("cleanup")
+        assert result.returncode == 0, result.stderr
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+        assert "0 run(s)" in result.stdout
+    finally:
+        live.kill()
+
+
+@pytest.mark.slow
+def test_same_command_same_seed_same_numbers(tracking_store):
+    for _ in range(2):
+        assert run_cli("qat", *TINY, "--data_uri", "").returncode == 0
+    qat = sorted((r for r in all_runs(tracking_store) if r.data.tags["stage"] == "qat"), key=lambda r: r.info.start_time)
+    assert len(qat) == 2
+    first, second = (r.data.metrics for r in qat)
+    assert first["test_accuracy"] == second["test_accuracy"] and first["test_loss"] == second["test_loss"]
+    tables = [pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{r.info.run_id}/robustness/chips.csv")) for r in qat]
+    pd.testing.assert_frame_equal(*tables)
+
+
+@pytest.mark.slow
+def test_two_mains_at_once_on_one_sqlite_store(tracking_store):
+    processes = [start_cli("main", *TINY, "--seed", str(seed)) for seed in (1, 2)]
+    results = [process.communicate(timeout=900) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [r[1][-2000:] for r in results]
+    runs = all_runs(tracking_store)
+    parents = [r for r in runs if r.data.tags["stage"] == "main"]
+    assert len(parents) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in children) == ["baseline", "perturb", "prepare", "qat"]
+
+
+def test_bad_input_changes_nothing_already_recorded(tracking_store, tmp_path):
+    assert run_cli("prepare", "--source", "bundled", "--limit", "100").returncode == 0
+    before = snapshot(tracking_store)
+    (tmp_path / "labels.npz").write_bytes(b"not a zip")
+    for args in (["main", "--bits", "40"], ["qat", "--source", "path", "--data_path", str(tmp_path / "labels.npz")],
+                 ["evaluate", "--run_id", before[0][0]], ["sweep", "--space", "missing.yaml"]):
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+    assert snapshot(tracking_store) == before
+
+
+@pytest.mark.slow
+def test_team_mode_tracking_server_on_postgresql(tmp_path):
+    with postgres() as database, mlflow_server(tmp_path / "server", backend_store_uri=database) as url:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_EXPERIMENT_NAME": "team"}
+        env.pop("MLFLOW_EXPERIMENT_ID", None)
+        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "qat", *TINY], cwd=PROJECT_ROOT, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = mlflow.MlflowClient(url)
+        runs = client.search_runs([client.get_experiment_by_name("team").experiment_id])
+        assert sorted(r.data.tags["stage"] for r in runs) == ["prepare", "qat"]
+        qat = next(r for r in runs if r.data.tags["stage"] == "qat")
+        assert qat.info.status == "FINISHED" and qat.data.metrics["robust_acc_target"] > 0
+        assert {a.path for a in client.list_artifacts(qat.info.run_id, "robustness")} >= {"robustness/curves.png"}
+        assert qat.info.artifact_uri.startswith("mlflow-artifacts:")  # artifacts went through the server

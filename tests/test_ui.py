@@ -1,0 +1,103 @@
+"""The MLflow UI as a user sees it, in a real headless Chromium (Debian's), driven by Playwright.
+
+Populates a temporary store with a tiny `main` and a tiny `sweep`, serves it with `mlflow server`
+on a free localhost port, and checks that the runs, their nesting, the robustness charts and the
+PNG artifacts show. Screenshots go to the test's directory; with HWL_UPDATE_SCREENSHOTS=1 they
+also replace the ones in docs/ that the README shows.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import PROJECT_ROOT, all_runs, run_cli
+from services import mlflow_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--source", "bundled",
+        "--noise_grid", "0,0.25,0.5,1", "--weight_dev_grid", "0,25,50,100", "--clip_grid", "1,0.5,0.25,0.1"]
+
+
+@pytest.mark.slow
+def test_runs_read_well_in_the_mlflow_ui(tracking_store, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does)"
+    assert run_cli("main", *TINY).returncode == 0
+    sweep = run_cli("sweep", *TINY, "--n_trials", "3", "--compare", "false", "--storage", f"sqlite:///{tmp_path / 'o.db'}")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    runs = {run.info.run_name: run for run in all_runs(tracking_store)}
+    experiment = runs["main-mlp-1bit"].info.experiment_id
+    qat, trials = runs["qat-mlp-1bit"], [runs[f"trial-00{i}"] for i in range(3)]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    with mlflow_server(tmp_path / "server", backend_store_uri=tracking_store) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 900})
+
+        # The experiment's runs: readable names, the sweep's trials nested under its parent.
+        page.goto(f"{url}/#/experiments/{experiment}/runs")
+        page.get_by_text("main-mlp-1bit").first.wait_for(timeout=60_000)
+        close_assistant(page)
+        assert not page.get_by_text("trial-000").is_visible()  # children are folded under their parent
+        for expander in page.locator('button[data-component-id*="runnamecellrenderer"]').all():
+            expander.click()
+        page.get_by_text("trial-000").first.wait_for(timeout=30_000)
+        body = page.inner_text("body")
+        for name in ("main-mlp-1bit", "baseline-mlp-float", "qat-mlp-1bit", "perturb-mlp-1bit-s0.30-d20-c0.50",
+                     "trial-000", "trial-002"):
+            assert name in body, name
+        assert any(name.startswith("sweep-") for name in runs) and next(n for n in runs if n.startswith("sweep-")) in body
+        page.screenshot(path=shots / "runs.png")
+
+        # A run page: the robustness curves as charts drawn from the step metrics.
+        page.goto(f"{url}/#/experiments/{experiment}/runs/{qat.info.run_id}/model-metrics")
+        page.get_by_text("robustness/noise").first.wait_for(timeout=60_000)
+        close_assistant(page)
+        assert "acc_mean" in page.inner_text("body")
+        page.screenshot(path=shots / "robustness_charts.png")
+
+        # The robustness PNG artifact renders (an image with real pixels).
+        page.goto(f"{url}/#/experiments/{experiment}/runs/{qat.info.run_id}/artifacts/robustness/curves.png")
+        page.wait_for_function("Array.from(document.images).some(i => i.complete && i.naturalWidth > 1000)",
+                               timeout=60_000)
+        close_assistant(page)
+        page.screenshot(path=shots / "robustness_artifact.png")
+
+        # Comparing trials: side-by-side curves and the parallel-coordinates view.
+        ids = ",".join(f'"{run.info.run_id}"' for run in trials)
+        page.goto(f'{url}/#/compare-runs?runs=[{ids}]&experiments=["{experiment}"]')
+        page.get_by_text("Parallel Coordinates Plot").first.wait_for(timeout=60_000)
+        body = page.inner_text("body")
+        assert all(run.info.run_name in body for run in trials)
+        assert "perturb.noise_sigma" in body
+        page.screenshot(path=shots / "compare_trials.png", full_page=True)
+        browser.close()
+
+    for name in ("runs.png", "robustness_charts.png", "robustness_artifact.png", "compare_trials.png"):
+        assert (shots / name).stat().st_size > 20_000, name  # a real page, not a blank one
+    if os.environ.get("HWL_UPDATE_SCREENSHOTS") == "1":
+        for name in ("runs.png", "robustness_charts.png", "compare_trials.png"):
+            shutil.copy(shots / name, PROJECT_ROOT / "docs" / f"ui_{name}")
+
+
+def close_assistant(page) -> None:
+    """MLflow 3's assistant side panel, if shown, hides half the page: close it."""
+    close = page.get_by_role("button", name="Close")
+    if close.count() and close.first.is_visible():
+        close.first.click()
+
+
+def test_every_stage_run_describes_itself(tracking_store):
+    result = run_cli("prepare", "--source", "bundled", "--limit", "100")
+    assert result.returncode == 0
+    (run,) = all_runs(tracking_store)
+    note = run.data.tags["mlflow.note.content"]
+    assert "Prepared mnist" in note and "stratified" in note
+    assert mlflow.get_run(run.info.run_id).data.tags["stage"] == "prepare"
