@@ -11,7 +11,7 @@ DEFAULT_N_TRIALS = 40
 
 
 class Objective(str, enum.Enum):
-    TARGET = "target"  #: maximize mean accuracy over chips at the target hardware (TPE, median pruning)
+    TARGET = "target"  #: maximize mean accuracy over chips at the target hardware (TPE, pruning of the bottom quarter)
     PARETO = "pareto"  #: maximize (clean accuracy, target accuracy) together (NSGA-II, Pareto front)
 
 
