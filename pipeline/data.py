@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import logging
 import socket
 from dataclasses import dataclass
@@ -370,6 +369,3 @@ def split(raw: RawData, config: DataConfig, dataset: Dataset) -> PreparedData:
             raise DataError("data_path" if raw.source is Source.PATH else "source", f"the {name} split is empty")
     return PreparedData(dataset=dataset, source=raw.source, **fields)
 
-
-def summary_json(data: PreparedData) -> str:
-    return json.dumps(data.summary(), indent=2)

@@ -45,7 +45,7 @@ import pipeline  # noqa: F401
 import larq as lq
 import tensorflow as tf
 
-from pipeline.config import ClipMode, ModelConfig, NoiseMode, PerturbationConfig
+from pipeline.config import ClipMode, NoiseMode, PerturbationConfig
 
 SEED_MIX = 1_000_003  #: mixes the chip / training seed with the layer salt into one stateless seed
 
@@ -249,10 +249,6 @@ def attach_hardware(
 def strip_hardware(model: tf.keras.Sequential) -> tf.keras.Sequential:
     """A plain copy of ``model`` (every layer its plain Larq class, weights copied): what gets deployed."""
     return attach_hardware(model, PerturbationConfig(), targets=())
-
-
-def build_hardware_model(model: tf.keras.Sequential, model_config: ModelConfig, config: PerturbationConfig, seed: int):
-    return attach_hardware(model, config, config.targets(model_config), train_seed=seed)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import replace
 from typing import Callable
 
 import pipeline  # noqa: F401
@@ -207,7 +206,3 @@ def run_sweep(data_config: DataConfig, model_config: ModelConfig, train_config: 
         report.report_study(study, config, handle, model_config, train_config, robustness)
     return study
 
-
-def compare_robustness(robustness: RobustnessConfig, space: SearchSpace) -> RobustnessConfig:
-    """The evaluation every trial gets: the command line's grids and chips, the space's target hardware."""
-    return replace(robustness, target=space.target)
