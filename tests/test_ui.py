@@ -61,6 +61,10 @@ def test_runs_read_well_in_the_mlflow_ui(tracking_store, tmp_path):
         page.get_by_text("robustness/noise").first.wait_for(timeout=60_000)
         close_assistant(page)
         assert "acc_mean" in page.inner_text("body")
+        # the charts are drawn (plotly SVGs with their step axes), not just their frames
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 6", timeout=60_000)
+        page.get_by_text("Step").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
         page.screenshot(path=shots / "robustness_charts.png")
 
         # The robustness PNG artifact renders (an image with real pixels).
