@@ -119,16 +119,26 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compare", default="true", help="compare the best trial with plain baseline and QAT")
 
 
-def perturbation_config(args: argparse.Namespace, target: PerturbationConfig, model: ModelConfig) -> PerturbationConfig:
+def perturbation_config(args: argparse.Namespace, target: PerturbationConfig) -> PerturbationConfig:
     """The training levels: those given, or the target hardware's when none is given."""
     given = {name: getattr(args, name) for name in PERTURBATION_PARAMETERS if getattr(args, name) != ""}
     if not given:
-        config = target
-    else:
-        given.setdefault("perturb_layers", target.perturb_layers)
-        config = PerturbationConfig.from_text(**given)
-    config.targets(model)  # unknown layer names fail here, before any training
-    return config
+        return target
+    given.setdefault("perturb_layers", target.perturb_layers)
+    return PerturbationConfig.from_text(**given)
+
+
+def hardware_configs(
+    args: argparse.Namespace, model: ModelConfig, with_perturbation: bool
+) -> tuple[RobustnessConfig, PerturbationConfig | None]:
+    """The robustness evaluation and (optionally) the training levels, with their layer names
+    checked against ``model`` -- unknown names fail here, before any training."""
+    robustness = robustness_config(args)
+    perturbation = perturbation_config(args, robustness.target) if with_perturbation else None
+    for levels in (robustness.target, perturbation):
+        if levels is not None:
+            levels.targets(model)
+    return robustness, perturbation
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -169,9 +179,8 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 
 def run_training(stage: str, args: argparse.Namespace, model: ModelConfig, with_perturbation: bool = False) -> None:
-    data_cfg, train_cfg, robust_cfg = data_config(args), train_config(args), robustness_config(args)
-    perturbation = perturbation_config(args, robust_cfg.target, model) if with_perturbation else None
-    robust_cfg.target.targets(model)
+    data_cfg, train_cfg = data_config(args), train_config(args)
+    robust_cfg, perturbation = hardware_configs(args, model, with_perturbation)
     from pipeline import data as data_module
 
     data = None if args.data_uri else data_module.prepare(data_cfg)  # bad data fails before any run
@@ -200,9 +209,7 @@ def run_perturb(args: argparse.Namespace) -> None:
 
 def run_main(args: argparse.Namespace) -> None:
     data_cfg, model_cfg, train_cfg = data_config(args), qat_model_config(args), train_config(args)
-    robust_cfg = robustness_config(args)
-    perturbation = perturbation_config(args, robust_cfg.target, model_cfg)
-    robust_cfg.target.targets(model_cfg)
+    robust_cfg, perturbation = hardware_configs(args, model_cfg, with_perturbation=True)
     from pipeline import stages, tracking
 
     tracking.use_experiment()
@@ -237,8 +244,7 @@ def run_cleanup(args: argparse.Namespace) -> None:
     from pipeline import tracking
 
     tracking.check_reachable()
-    stale = tracking.find_stale_runs(stale_hours)
-    tracking.mark_failed(stale, f"found RUNNING by cleanup: its process is gone or it started over {stale_hours:g} h ago")
+    stale = tracking.fail_stale_runs(stale_hours, "found RUNNING by cleanup")
     for run in stale:
         print(f"[cleanup] marked FAILED: {run.info.run_name} ({run.info.run_id})")
     print(f"[cleanup] {len(stale)} run(s) left RUNNING by a crash marked FAILED")

@@ -256,7 +256,7 @@ def log_comparison(rows: list[dict]) -> None:
     tracking.log_figure(plots.comparison_figure(rows), "comparison/comparison.png")
     curves = {f"{row['stage']} ({row['model']})": row["curves"] for row in rows if "curves" in row}
     if curves:
-        tracking.log_figure(plots.robustness_figure(curves, "robustness: baseline vs QAT vs perturbation-aware"),
+        tracking.log_figure(plots.robustness_figure(curves, "robustness of the compared models"),
                             "comparison/robustness_overlay.png")
     by_stage = {row["stage"]: row for row in rows}
     baseline, quantized = by_stage["baseline"], by_stage["qat"]

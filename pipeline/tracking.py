@@ -198,12 +198,15 @@ def process_alive(pid: int) -> bool:
     return b"pipeline" in cmdline or b"mlflow" in cmdline
 
 
-def mark_failed(runs, reason: str) -> None:
+def fail_stale_runs(stale_hours: float, found_by: str) -> list:
+    """Mark the runs :func:`find_stale_runs` finds FAILED (tags ``outcome``, ``failure``); returns them."""
     client = MlflowClient()
-    for run in runs:
+    stale = find_stale_runs(stale_hours)
+    for run in stale:
         client.set_tag(run.info.run_id, "outcome", "failed")
-        client.set_tag(run.info.run_id, "failure", reason)
+        client.set_tag(run.info.run_id, "failure", f"{found_by}: its process is gone or it started over {stale_hours:g} h ago")
         client.set_terminated(run.info.run_id, "FAILED")
+    return stale
 
 
 def log_prepared_data(data: PreparedData) -> str:

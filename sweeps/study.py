@@ -177,8 +177,7 @@ def run_sweep(data_config: DataConfig, model_config: ModelConfig, train_config: 
     from sweeps import report
 
     name = study_name(config, data_config, model_config)
-    if stale := tracking.find_stale_runs(stale_hours=24):  # runs a crashed worker left RUNNING
-        tracking.mark_failed(stale, "found RUNNING at the start of a sweep: its process is gone")
+    if stale := tracking.fail_stale_runs(24, "found RUNNING at the start of a sweep"):  # left by a crashed worker
         print(f"[sweep] marked {len(stale)} run(s) left RUNNING by a crash as FAILED")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours (record_outcome)
     study = open_study(config, name, seed=train_config.seed)
