@@ -26,54 +26,112 @@ import tensorflow as tf
 from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, RobustnessConfig, TrainConfig
 from pipeline.data import prepare
 from pipeline.models import build_model
-from pipeline.perturbations import attach_hardware, calibrate, hardware_evaluation, set_chip, set_levels
+from pipeline.perturbations import (
+    HardwareAwareQuantDense,
+    attach_hardware,
+    calibrate,
+    hardware_evaluation,
+    hardware_layers,
+    set_chip,
+    set_levels,
+    standard_normal,
+)
 from pipeline.robustness import accuracy_function, evaluate_robustness, model_targets
 from pipeline.training import compile_model, seed_everything
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10}
+BATCH = 64  #: training batch of the step benchmark (the default batch size)
 ALL_EFFECTS = PerturbationConfig(noise_sigma=0.3, weight_dev_pct=20, clip_mode="relative", clip_fraction=0.5)
 
 
-class StepTimer(tf.keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.started)
+EFFECTS = {"noise": {"noise_sigma": 0.3}, "weight_dev": {"weight_dev_pct": 20},
+           "clip": {"clip_mode": "relative", "clip_fraction": 0.5}}
 
 
-def median_step_seconds(model, data, batch_size: int, steps: int, warmup: int) -> float:
+def train_step_runner(model, images, labels, steps_per_round: int = 10):
+    """A function running ``steps_per_round`` compiled training steps of ``model`` on one batch."""
     compile_model(model, TrainConfig())
-    images, labels = data.images("train"), data.labels("train")
-    reps = int(np.ceil((steps + warmup) * batch_size / len(labels)))
-    images, labels = np.concatenate([images] * reps), np.concatenate([labels] * reps)
-    timer = StepTimer()
-    model.fit(images[: (steps + warmup) * batch_size], labels[: (steps + warmup) * batch_size], batch_size=batch_size,
-              epochs=1, verbose=0, callbacks=[timer], shuffle=False)
-    return statistics.median(timer.times[warmup:])
+    batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    train_function = model.make_train_function()
+
+    def run():
+        for _ in range(steps_per_round):
+            logs = train_function(batches)
+        float(logs["loss"])  # wait for the last step
+
+    run()  # warm-up: the trace
+    return run
+
+
+def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -> dict[str, float]:
+    """Median seconds per step of each runner, rounds interleaved so that drift hits all alike."""
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) / steps_per_round)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def gaussians_per_step(model) -> int:
+    """How many N(0, 1) numbers one training step of the hardware-aware ``model`` draws."""
+    count = 0
+    for layer in hardware_layers(model):
+        outputs = int(np.prod(layer.output_shape[1:])) * BATCH
+        if layer.hardware.noise_sigma:
+            count += outputs
+        if layer.hardware.weight_dev_pct:
+            count += outputs if len(layer.input_shape) == 2 and isinstance(layer, HardwareAwareQuantDense) else int(np.prod(layer.kernel.shape))
+    return count
+
+
+def gaussian_seconds(count: int, rounds: int) -> float:
+    """Median seconds to draw ``count`` Gaussian numbers (the RNG floor of a training step)."""
+    draw = tf.function(lambda seed: tf.reduce_sum(standard_normal([count], seed)))
+    seed = tf.constant([1, 2], tf.int64)
+    draw(seed)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        float(draw(seed))
+        times.append(time.perf_counter() - started)
+    empty = tf.function(lambda seed: tf.reduce_sum(tf.cast(seed, tf.float32)))
+    float(empty(seed))
+    overhead = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        float(empty(seed))
+        overhead.append(time.perf_counter() - started)
+    return max(statistics.median(times) - statistics.median(overhead), 0.0)
 
 
 def training_overhead(data, quick: bool) -> list[dict]:
+    """Per-step time of the 1-bit models with all three effects (and each alone) vs the plain model."""
     rows = []
+    images, labels = tf.constant(data.images("train")[:BATCH]), tf.constant(data.labels("train")[:BATCH])
+    rounds = 8 if quick else 40
     for arch, layers in (("mlp", "hidden"), ("cnn", "hidden"), ("cnn", "all")):
         config = ModelConfig(arch=arch, bits=1)
-        levels = PerturbationConfig(**{**ALL_EFFECTS.levels(), "perturb_layers": layers})
-        steps, warmup = (20, 5) if quick else (150, 20)
-        times = {}
-        for name in ("plain", "hardware", "plain_again"):  # plain twice: the spread of the measurement itself
+        variants = {"plain": None, "all": ALL_EFFECTS.levels(), **EFFECTS}
+        runners, models = {}, {}
+        for name, levels in variants.items():
             seed_everything(0)
             model = build_model(config)
-            if name == "hardware":
-                model = attach_hardware(model, levels, levels.targets(config), train_seed=0)
-            times[name] = median_step_seconds(model, data, 64, steps, warmup)
-        plain = (times["plain"] + times["plain_again"]) / 2
+            if levels is not None:
+                perturbation = PerturbationConfig(**{**levels, "perturb_layers": layers})
+                model = attach_hardware(model, perturbation, perturbation.targets(config), train_seed=0)
+            models[name] = model
+            runners[name] = train_step_runner(model, images, labels)
+        seconds = interleaved_seconds(runners, rounds)
+        plain = seconds["plain"]
+        gaussians = gaussians_per_step(models["all"])
+        floor = gaussian_seconds(gaussians, rounds)
         rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "plain_step_ms": 1000 * plain,
-                     "hardware_step_ms": 1000 * times["hardware"], "ratio": times["hardware"] / plain,
-                     "plain_repeat_ratio": times["plain_again"] / times["plain"]})
+                     "hardware_step_ms": 1000 * seconds["all"], "ratio": seconds["all"] / plain,
+                     **{f"{effect}_only_ratio": seconds[effect] / plain for effect in EFFECTS},
+                     "gaussians_per_step": gaussians, "gaussian_draw_ms": 1000 * floor,
+                     "rng_floor_ratio": (plain + floor) / plain})
     return rows
 
 
@@ -170,11 +228,14 @@ def machine() -> dict:
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']['cores']} cores, {results['machine']['platform']}, TensorFlow "
              f"{results['machine']['tensorflow']}, {'quick' if results['quick'] else 'full'} run.", ""]
-    lines += ["| training step (1-bit, batch 64) | perturbed layers | plain ms | all three effects ms | ratio (target <= 1.15) | plain vs plain |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| training step (1-bit, batch 64) | perturbed layers | plain ms | all three effects ms | ratio (target <= 1.15) "
+              "| noise only | deviation only | clipping only | Gaussian numbers per step | their draw ms | RNG floor ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["training_overhead"]:
         lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['plain_step_ms']:.2f} | {row['hardware_step_ms']:.2f} | "
-                     f"{row['ratio']:.2f}x | {row['plain_repeat_ratio']:.2f}x |")
+                     f"{row['ratio']:.2f}x | {row['noise_only_ratio']:.2f}x | {row['weight_dev_only_ratio']:.2f}x | "
+                     f"{row['clip_only_ratio']:.2f}x | {row['gaussians_per_step']:,} | {row['gaussian_draw_ms']:.2f} | "
+                     f"{row['rng_floor_ratio']:.2f}x |")
     r = results["robustness_throughput"]
     lines += ["", "| robustness evaluation | images/s | ratio (target >= 0.8) | traces |", "|---|---|---|---|",
               f"| clean `model.evaluate` | {r['clean_evaluate_images_per_s']:,.0f} | 1.00 | - |",

@@ -89,16 +89,17 @@ def convert_to_tflite(model: tf.keras.Model, bits: int) -> TfliteResult:
     return TfliteResult(converter.convert(), "tflite")
 
 
-def size_report(model: tf.keras.Model, bits: int) -> tuple[dict[str, float], dict[str, str]]:
-    """Size metrics and tags for one trained model."""
-    size = model_size(model)
-    tflite = convert_to_tflite(model, bits)
-    metrics = {
-        **size.as_metrics(),
-        "model_size_file_bytes": saved_file_bytes(model),
-        "model_size_tflite_bytes": tflite.nbytes,
-    }
-    return metrics, {"tflite_converter": tflite.converter}
+TFLITE_SKIPPED = "not converted (sweep trial)"  #: ``tflite_converter`` tag of a run without a flatbuffer
+
+
+def size_report(model: tf.keras.Model, bits: int, tflite: bool = True) -> tuple[dict[str, float], dict[str, str]]:
+    """Size metrics and tags for one trained model (``tflite=False``: without the flatbuffer, which
+    takes about a second to convert -- sweep trials leave it to the sweep's best trial)."""
+    metrics = {**model_size(model).as_metrics(), "model_size_file_bytes": saved_file_bytes(model)}
+    if not tflite:
+        return metrics, {"tflite_converter": TFLITE_SKIPPED}
+    converted = convert_to_tflite(model, bits)
+    return {**metrics, "model_size_tflite_bytes": converted.nbytes}, {"tflite_converter": converted.converter}
 
 
 def larq_summary(model: tf.keras.Model) -> str:

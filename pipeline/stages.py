@@ -21,8 +21,8 @@ from pipeline.evaluation import evaluate
 from pipeline.models import build_model
 from pipeline.perturbations import attach_hardware, strip_hardware
 from pipeline.robustness import evaluate_robustness
-from pipeline.size import larq_summary, size_report
-from pipeline.training import seed_everything, train
+from pipeline.size import TFLITE_SKIPPED, convert_to_tflite, larq_summary, size_report
+from pipeline.training import graph_memory_released, seed_everything, train
 
 MODEL_SAMPLE_IMAGES = 8  #: test images used to infer the logged model's signature
 
@@ -89,6 +89,7 @@ def training_stage(
     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
     tags: dict[str, str] | None = None,
     on_start: Callable[[str], None] | None = None,
+    convert_tflite: bool = True,
 ) -> dict:
     """Build, train, evaluate, size and log one model as the run of ``stage``; returns its comparison row.
 
@@ -97,6 +98,7 @@ def training_stage(
     ``get_data`` is called inside the stage's run, so a prepare run it starts is nested under it.
     ``monitors`` add to each epoch's logs before they are logged; ``callbacks`` run after (pruning).
     ``on_start`` receives the run id as soon as the run exists (a sweep stores it on its trial).
+    ``convert_tflite=False`` skips the TFLite flatbuffer (see :func:`add_tflite_size`).
     """
     label = model_config.label
     run_name = run_name or f"{stage}-{label}" + (f"-{perturbation.label}" if perturbation is not None else "")
@@ -107,7 +109,8 @@ def training_stage(
     else:
         what = f"Larq quantization-aware training ({model_config.bits}-bit)"
     targets = perturbation.targets(model_config) if perturbation is not None else ()
-    with tracking.stage_run(stage, run_name, f"{what} of the `{model_config.arch.value}`.", {"model": label, **(tags or {})}) as run_id:
+    description = f"{what} of the `{model_config.arch.value}`."
+    with graph_memory_released(), tracking.stage_run(stage, run_name, description, {"model": label, **(tags or {})}) as run_id:
         if on_start:
             on_start(run_id)
         handle = get_data()
@@ -132,7 +135,7 @@ def training_stage(
         print(f"[{stage}] training {run_name}: {model.count_params():,} weights, {train_config.epochs} epochs")
         result = train(model, handle.data, train_config, callbacks=[*monitors, tracking.EpochMetricsLogger(), *callbacks])
         try:
-            row = finish_training_stage(stage, run_name, label, model, model_config, result, handle, robustness)
+            row = finish_training_stage(stage, run_name, label, model, model_config, result, handle, robustness, convert_tflite)
             timings = {"time_build_s": build_seconds, "time_fit_s": result.seconds, **row.pop("timings")}
             timings["time_total_s"] = time.perf_counter() - started
             timings["time_logging_s"] = timings["time_total_s"] - sum(
@@ -154,7 +157,7 @@ def training_stage(
 
 def finish_training_stage(
     stage: str, run_name: str, label: str, model: tf.keras.Model, model_config: ModelConfig, result,
-    handle: DataHandle, robustness: RobustnessConfig | None,
+    handle: DataHandle, robustness: RobustnessConfig | None, convert_tflite: bool = True,
 ) -> dict:
     """Evaluate, size and log a trained model in the active run; returns its comparison row."""
     run_id = tracking.mlflow.active_run().info.run_id
@@ -162,7 +165,7 @@ def finish_training_stage(
     evaluation = evaluate(model, handle.data)
     evaluate_seconds = time.perf_counter() - started
     deployable = strip_hardware(model)
-    size_metrics, size_tags = size_report(deployable, model_config.bits)
+    size_metrics, size_tags = size_report(deployable, model_config.bits, tflite=convert_tflite)
     size_seconds = time.perf_counter() - started - evaluate_seconds
     metrics = {
         **evaluation.as_metrics(),
@@ -185,6 +188,17 @@ def finish_training_stage(
         robustness_seconds = robust_metrics["robust_eval_seconds"]
     row["timings"] = {"time_evaluate_s": evaluate_seconds, "time_size_s": size_seconds, "time_robustness_s": robustness_seconds}
     return row
+
+
+def add_tflite_size(run_id: str, bits: int) -> None:
+    """Convert the model a run logged without its TFLite flatbuffer (a sweep trial) and add the size."""
+    client = tracking.MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    if tags.get("tflite_converter") != TFLITE_SKIPPED:
+        return
+    converted = convert_to_tflite(strip_hardware(tracking.load_model(tags["model_uri"])), bits)
+    client.log_metric(run_id, "model_size_tflite_bytes", converted.nbytes)
+    client.set_tag(run_id, "tflite_converter", converted.converter)
 
 
 def robustness_step(model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, title: str):

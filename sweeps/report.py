@@ -98,6 +98,7 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
                           "best_target_yield": best.user_attrs["robust_yield_target"]})
     tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
     tracking.log_tags({"best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    stages.add_tflite_size(best.user_attrs["mlflow_run_id"], model.bits)
     if config.objective is Objective.PARETO:
         front = table[table.number.isin([trial.number for trial in study.best_trials])]
         tracking.log_table(front, "sweep/pareto_front")

@@ -157,6 +157,7 @@ def make_objective(space: SearchSpace, objective: Objective, get_data: Callable,
                 "trial", model, train, get_data, robustness, levels, run_name=f"trial-{trial.number:03d}",
                 monitors=monitors, callbacks=pruning, tags={"optuna_study": name, "optuna_trial": str(trial.number)},
                 on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+                convert_tflite=False,  # same architecture in every trial: the best trial's is converted at the end
             )
         except TrainingDiverged as error:
             trial.set_user_attr("fail_reason", str(error))

@@ -14,6 +14,8 @@ from pipeline.perturbations import (
     hardware_layers,
     saturate,
     set_chip,
+    squares_matmul,
+    standard_normal,
     strip_hardware,
 )
 
@@ -99,6 +101,105 @@ def test_training_draws_fresh_deviation_every_step_and_never_touches_the_kernel(
     eps = first / kernel_before - 1
     assert abs(eps.std() / 0.2 - 1) < 0.05
     np.testing.assert_array_equal(layer.kernel.numpy(), kernel_before)
+
+
+def dense_layer(bits, config, units=64, fan_in=96, seed=0):
+    """A standalone hardware-aware dense layer (1-bit: ste_sign kernel and inputs, like a hidden layer)."""
+    tf.keras.utils.set_random_seed(seed)
+    quantizer = "ste_sign" if bits == 1 else None
+    layer = HardwareAwareQuantDense(units, use_bias=False, input_quantizer=quantizer, kernel_quantizer=quantizer,
+                                    kernel_constraint="weight_clip" if bits == 1 else None, hardware=config)
+    layer.build((None, fan_in))
+    return layer
+
+
+@pytest.mark.parametrize("bits", [32, 1])
+def test_training_variation_has_the_per_example_distribution_of_a_kernel_draw(bits):
+    """Training draws the deviation at the outputs (local reparameterization): for every example
+    and unit, y ~ N(x_q . W_q, dev^2 * (x_q^2 . W_q^2)) -- the exact distribution a fresh kernel
+    draw gives -- independent across units and examples."""
+    dev, passes = 0.3, 400
+    layer = dense_layer(bits, PerturbationConfig(weight_dev_pct=100 * dev))
+    x = RNG.normal(size=(16, 96)).astype(np.float32)
+    x_q = np.sign(np.sign(x) + 0.1) if bits == 1 else x
+    w_q = np.sign(np.sign(layer.kernel.numpy()) + 0.1) if bits == 1 else layer.kernel.numpy()
+    mean, std = x_q @ w_q, dev * np.sqrt(np.square(x_q) @ np.square(w_q))
+    outputs = np.stack([layer(x, training=True).numpy() for _ in range(passes)])
+    z = (outputs - mean) / std  # standardized: N(0, 1) element-wise if the formula holds
+    assert abs(z.mean()) < 4 / np.sqrt(z.size)
+    assert abs(z.std() - 1) < 4 / np.sqrt(2 * z.size)
+    per_element_std = z.std(axis=0)  # every example and unit has its own formula variance
+    assert np.all(np.abs(per_element_std - 1) < 6 / np.sqrt(2 * passes))
+    flat = z.reshape(passes, -1)  # independence: neighbouring units and examples uncorrelated
+    assert abs(np.corrcoef(z[:, :, :-1].ravel(), z[:, :, 1:].ravel())[0, 1]) < 4 / np.sqrt(flat.size)
+    assert abs(np.corrcoef(z[:, :-1].ravel(), z[:, 1:].ravel())[0, 1]) < 4 / np.sqrt(flat.size)
+    # ... and it matches the spread of outputs over chips (kernel draws) at evaluation
+    model = tf.keras.Sequential([tf.keras.Input((96,)), layer])
+    chips = []
+    for chip in range(passes):
+        with hardware_evaluation(model, PerturbationConfig(weight_dev_pct=100 * dev), chip=chip):
+            chips.append(model(x, training=False).numpy())
+    chip_std = (np.stack(chips) - mean).std(axis=0) / std
+    assert abs(chip_std.mean() - 1) < 4 / np.sqrt(2 * z.size) + 0.01
+
+
+def test_training_variation_gradient_is_that_of_a_kernel_draw():
+    """The expected gradient equals the one of y = x . (W * (1 + eps)): for the loss sum(y^2),
+    E[dL/dW] = 2 x^T (x W) + 2 dev^2 (x^2)^T 1 * W -- the second term only exists because the
+    output spread depends on W, so dropping it (a stop-gradient) would fail here."""
+    dev, passes = 1.0, 600
+    layer = dense_layer(32, PerturbationConfig(weight_dev_pct=100 * dev), units=8, fan_in=12)
+    x = tf.constant(RNG.normal(size=(4, 12)).astype(np.float32))
+    w = layer.kernel.numpy()
+    grads = []
+    for _ in range(passes):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(layer(x, training=True)))
+        grads.append(tape.gradient(loss, layer.kernel).numpy())
+    grads = np.stack(grads)
+    xn = x.numpy()
+    expected = 2 * xn.T @ (xn @ w) + 2 * dev**2 * (np.square(xn).T @ np.ones((4, 8))) * w
+    standard_error = grads.std(axis=0) / np.sqrt(passes)
+
+    def mean_squared_z(answer):  # about 1 when ``answer`` is the expectation, far above when not
+        return float(np.mean(np.square((grads.mean(axis=0) - answer) / standard_error)))
+
+    assert mean_squared_z(expected) < 3.0  # correlated elements: looser than chi-square 1 +- 0.15
+    assert mean_squared_z(2 * xn.T @ (xn @ w)) > 20.0  # the stop-gradient answer is measurably wrong
+
+
+@pytest.mark.parametrize("x_is_ones, w_is_ones", [(False, False), (True, False), (False, True), (True, True)])
+def test_squares_matmul_equals_matmul_values_and_gradients(x_is_ones, w_is_ones):
+    x = tf.constant(np.ones((5, 7)) if x_is_ones else RNG.uniform(0, 2, (5, 7)), tf.float32)
+    w = tf.constant(np.ones((7, 3)) if w_is_ones else RNG.uniform(0, 2, (7, 3)), tf.float32)
+    upstream = tf.constant(RNG.normal(size=(5, 3)), tf.float32)
+    results = []
+    for fast in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            value = squares_matmul(x, w, x_is_ones and fast, w_is_ones and fast)
+            loss = tf.reduce_sum(value * upstream)
+        results.append([value.numpy(), *[g.numpy() for g in tape.gradient(loss, [x, w])]])
+    for fast, reference in zip(*results):
+        np.testing.assert_allclose(fast, reference, rtol=1e-5)
+
+
+def test_standard_normal_is_a_reproducible_standard_gaussian():
+    seed = tf.constant([3, 4], tf.int64)
+    sample = standard_normal([301, 333], seed).numpy()  # odd size: the last Box-Muller pair is cut
+    assert sample.shape == (301, 333) and np.all(np.isfinite(sample))
+    np.testing.assert_array_equal(sample, standard_normal([301, 333], seed).numpy())
+    assert not np.array_equal(sample, standard_normal([301, 333], seed + 1).numpy())
+    n = sample.size
+    assert abs(sample.mean()) < 4 / np.sqrt(n) and abs(sample.std() - 1) < 4 / np.sqrt(2 * n)
+    from scipy import stats
+
+    assert stats.kstest(sample.ravel(), "norm").pvalue > 1e-3
+    assert abs(stats.kurtosis(sample.ravel())) < 4 * np.sqrt(24 / n)
+    # the two halves (cosine and sine of the same pairs) are independent
+    flat = sample.ravel()
+    half = (n + 1) // 2
+    assert abs(np.corrcoef(flat[: n - half], flat[half:])[0, 1]) < 4 / np.sqrt(half)
 
 
 def test_variation_applies_to_the_quantized_kernel():

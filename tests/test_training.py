@@ -3,7 +3,7 @@ import numpy as np
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.evaluation import confusion_matrix, evaluate
 from pipeline.models import build_model
-from pipeline.training import seed_everything, train
+from pipeline.training import graph_memory_released, seed_everything, train
 
 
 def train_once(data, seed):
@@ -39,3 +39,39 @@ def test_evaluation_matches_a_direct_count(tiny_data):
     assert evaluation.confusion.sum() == len(tiny_data.y_test)
     assert np.trace(evaluation.confusion) == np.sum(predicted == tiny_data.y_test)
     assert confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]))[1].tolist()[:2] == [1, 1]
+
+
+def test_graph_memory_is_released_after_each_model(tiny_data):
+    """TensorFlow keeps every traced custom gradient (Larq's quantizers, ours, Keras' metrics) in a
+    global registry that pins the whole traced graph. Inside the block the graphs of a deleted
+    model stay alive; after it they are garbage, so a worker training model after model stays flat."""
+    import gc
+
+    from tensorflow.python.framework import ops
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    from pipeline.config import PerturbationConfig
+    from pipeline.perturbations import attach_hardware
+
+    def graphs():
+        gc.collect()
+        return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+
+    def custom_gradients():
+        return {name for name in ops._gradient_registry._registry if name.startswith("CustomGradient-")}
+
+    def train_one():
+        seed_everything(0)
+        config = ModelConfig(bits=1, hidden_units=(16,))
+        levels = PerturbationConfig(noise_sigma=0.2, weight_dev_pct=10, clip_mode="relative", clip_fraction=0.8)
+        model = attach_hardware(build_model(config), levels, levels.targets(config))
+        train(model, tiny_data, TrainConfig(epochs=1), verbose=0)
+
+    with graph_memory_released():
+        train_one()  # warm-up: TensorFlow's own first-use caches
+    baseline, registered = graphs(), custom_gradients()
+    for _ in range(2):
+        with graph_memory_released():
+            train_one()
+            assert graphs() > baseline and len(custom_gradients() - registered) >= 2  # the model is gone, its graphs are not
+        assert graphs() == baseline and custom_gradients() == registered
