@@ -7,7 +7,9 @@ classes serve float, 1-bit and k-bit models). For input ``x`` and latent kernel 
 
 1. **process variation** -- ``W_chip = W_q * (1 + eps)``, ``eps ~ N(0, (weight_dev_pct/100)^2)``
    i.i.d. per weight (dimensionless). At evaluation one draw per *chip*: ``eps`` is a function of
-   (chip seed, layer) only, fixed for every input of that chip. In training a fresh draw every
+   (chip seed, layer) only, fixed for every input of that chip -- drawn once when the chip is
+   programmed (entering :func:`hardware_evaluation`, :func:`set_chip`, :func:`set_levels`) and
+   read by every batch after that. In training a fresh draw every
    step (variation-aware training); a dense layer on flat inputs draws it at its outputs instead
    (local reparameterization, see :meth:`HardwareAwareMixin._output_variation_std`): every example
    gets exactly the output distribution of a fresh kernel draw, for batch x units Gaussian numbers
@@ -56,7 +58,7 @@ SEED_MIX = 1_000_003  #: mixes the chip / training seed with the layer salt into
 class HardwareState:
     """The run-time levels of one layer, as variables (deliberately not tracked by Keras)."""
 
-    def __init__(self, config: PerturbationConfig, salt: int):
+    def __init__(self, config: PerturbationConfig, salt: int, kernel_shape: Sequence[int]):
         self.salt = salt  #: stable per-layer integer (CRC32 of the layer name): independent draws per layer
         scalar = lambda value, dtype=tf.float32: tf.Variable(value, dtype=dtype, trainable=False)  # noqa: E731
         self.noise_sigma = scalar(0.0)
@@ -74,9 +76,22 @@ class HardwareState:
         self.chip = scalar(0, tf.int64)
         self.train_seed = scalar(0, tf.int64)
         self.calls = scalar(0, tf.int64)  #: forward passes so far: fresh noise per pass, reproducibly
+        #: the programmed chip's ``1 + eps`` (kernel-sized): drawn once per chip and level by
+        #: :meth:`program`, read by every batch of every pass; ones outside an evaluation
+        self.chip_factor = tf.Variable(tf.ones(kernel_shape), trainable=False)
         self.kernel_factor = None  #: (1 + eps) of the current forward pass, read by VariedKernel
         self.quantized_kernel = None  #: W_q of the current forward pass, written by VariedKernel
         self.assign(config)
+
+    def program(self) -> None:
+        """Draw the chip's weight deviation (eagerly, once): ``1 + eps`` for the current chip and level."""
+        deviation = float(self.weight_dev.numpy()) if bool(self.evaluating.numpy()) else 0.0
+        shape = self.chip_factor.shape
+        if deviation > 0:
+            seed = tf.constant([int(self.chip.numpy()) * SEED_MIX + self.salt, 0], tf.int64)
+            self.chip_factor.assign(1.0 + deviation * standard_normal(shape, seed=seed))
+        else:
+            self.chip_factor.assign(tf.ones(shape))
 
     def assign(self, config: PerturbationConfig) -> None:
         self.noise_sigma.assign(config.noise_sigma)
@@ -124,7 +139,8 @@ class HardwareAwareMixin:
     def hardware_state(self) -> HardwareState:
         if self._hardware_state is None:
             # A plain attribute holder: Keras does not track the variables inside it.
-            object.__setattr__(self, "_hardware_state", HardwareState(self.hardware, zlib.crc32(self.name.encode())))
+            state = HardwareState(self.hardware, zlib.crc32(self.name.encode()), self.kernel.shape)
+            object.__setattr__(self, "_hardware_state", state)
         return self._hardware_state
 
     def _get_quantizer(self, name):
@@ -182,15 +198,8 @@ class HardwareAwareMixin:
         active = state.evaluating
         calls = state.calls.assign_add(1)
         chip = state.chip * SEED_MIX + state.salt
-        # 1. process variation: one draw per chip (the seed does not depend on the pass)
-        deviation = tf.where(active, state.weight_dev, 0.0)
-        kernel_seed = tf.stack([chip, tf.constant(0, tf.int64)])
-        kernel_shape = self.kernel.shape
-        factor = tf.cond(
-            deviation > 0,
-            lambda: 1.0 + deviation * standard_normal(kernel_shape, seed=kernel_seed),
-            lambda: tf.ones(kernel_shape),
-        )
+        # 1. process variation: the programmed chip's factor (ones outside an evaluation)
+        factor = state.chip_factor
         outputs = self._varied_call(inputs, factor)  # 2. the Larq layer's own computation, varied kernel
         clean = outputs
         # 3. output noise
@@ -403,6 +412,7 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
         state.chip.assign(chip)
         state.calls.assign(0)
         state.evaluating.assign(True)
+        state.program()
     try:
         yield
     finally:
@@ -410,6 +420,7 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
             state = layer.hardware_state
             state.evaluating.assign(False)
             state.assign(layer.hardware)
+            state.program()
 
 
 def set_chip(model: tf.keras.Model, chip: int) -> None:
@@ -417,12 +428,14 @@ def set_chip(model: tf.keras.Model, chip: int) -> None:
     for layer in hardware_layers(model):
         layer.hardware_state.chip.assign(chip)
         layer.hardware_state.calls.assign(0)
+        layer.hardware_state.program()
 
 
 def set_levels(model: tf.keras.Model, config: PerturbationConfig) -> None:
     """Change the levels inside :func:`hardware_evaluation` (no rebuild, no retrace)."""
     for layer in hardware_layers(model):
         layer.hardware_state.assign(config)
+        layer.hardware_state.program()
 
 
 def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024) -> dict[str, tuple[float, float]]:

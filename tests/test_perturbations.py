@@ -86,6 +86,9 @@ def test_a_chip_is_one_fixed_draw():
         layer_output(model, "dense_1", IMAGES)
         b = layer_output(model, "dense_1", IMAGES[:8])
         np.testing.assert_array_equal(a, b)
+        # programmed once: many small batches read the same chip as one large batch
+        np.testing.assert_array_equal(np.concatenate([layer_output(model, "dense_1", IMAGES[i : i + 8]) for i in range(0, 64, 8)]),
+                                      layer_output(model, "dense_1", IMAGES[:64]))
         set_chip(model, 6)
         assert not np.array_equal(layer_output(model, "dense_1", IMAGES[:8]), a)
 
