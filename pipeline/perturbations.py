@@ -84,14 +84,16 @@ class HardwareState:
         self.assign(config)
 
     def program(self) -> None:
-        """Draw the chip's weight deviation (eagerly, once): ``1 + eps`` for the current chip and level."""
-        deviation = float(self.weight_dev.numpy()) if bool(self.evaluating.numpy()) else 0.0
-        shape = self.chip_factor.shape
-        if deviation > 0:
-            seed = tf.constant([int(self.chip.numpy()) * SEED_MIX + self.salt, 0], tf.int64)
-            self.chip_factor.assign(1.0 + deviation * standard_normal(shape, seed=seed))
+        """Draw the chip's weight deviation once: ``1 + eps`` for the current chip and level."""
+        if bool(self.evaluating.numpy()) and float(self.weight_dev.numpy()) > 0:
+            self._draw_chip_factor()
         else:
-            self.chip_factor.assign(tf.ones(shape))
+            self.chip_factor.assign(tf.ones(self.chip_factor.shape))
+
+    @tf.function(autograph=False)
+    def _draw_chip_factor(self) -> None:  # compiled: about twice as fast as the same ops run eagerly
+        seed = tf.stack([self.chip * SEED_MIX + self.salt, tf.constant(0, tf.int64)])
+        self.chip_factor.assign(1.0 + self.weight_dev * standard_normal(self.chip_factor.shape, seed=seed))
 
     def assign(self, config: PerturbationConfig) -> None:
         self.noise_sigma.assign(config.noise_sigma)
@@ -423,19 +425,27 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
             state.program()
 
 
+def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = None, chip: int | None = None) -> None:
+    """Inside :func:`hardware_evaluation`: other levels and / or another chip, then program the chip
+    once (no rebuild, no retrace). A new chip restarts the noise pass counter."""
+    for layer in hardware_layers(model):
+        state = layer.hardware_state
+        if config is not None:
+            state.assign(config)
+        if chip is not None:
+            state.chip.assign(chip)
+            state.calls.assign(0)
+        state.program()
+
+
 def set_chip(model: tf.keras.Model, chip: int) -> None:
     """Switch to another chip inside :func:`hardware_evaluation` (no rebuild, no retrace)."""
-    for layer in hardware_layers(model):
-        layer.hardware_state.chip.assign(chip)
-        layer.hardware_state.calls.assign(0)
-        layer.hardware_state.program()
+    set_condition(model, chip=chip)
 
 
 def set_levels(model: tf.keras.Model, config: PerturbationConfig) -> None:
     """Change the levels inside :func:`hardware_evaluation` (no rebuild, no retrace)."""
-    for layer in hardware_layers(model):
-        layer.hardware_state.assign(config)
-        layer.hardware_state.program()
+    set_condition(model, config)
 
 
 def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024) -> dict[str, tuple[float, float]]:

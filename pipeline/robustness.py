@@ -37,8 +37,7 @@ from pipeline.perturbations import (
     hardware_evaluation,
     hardware_layers,
     plain_class,
-    set_chip,
-    set_levels,
+    set_condition,
 )
 
 EFFECTS = ("noise", "weight_dev", "clip")
@@ -114,9 +113,8 @@ def evaluate_robustness(
     rows = []
     with hardware_evaluation(hardware, PerturbationConfig(), chip=0):
         for effect, index, level, levels in conditions(config):
-            set_levels(hardware, levels)
             for chip in range(config.chips if is_random(levels) else 1):
-                set_chip(hardware, config.seed * CHIP_SEED_STRIDE + chip)
+                set_condition(hardware, levels, config.seed * CHIP_SEED_STRIDE + chip)  # one draw per chip
                 rows.append({"effect": effect, "level_index": index, "level": level, "chip": chip,
                              "accuracy": accuracy(images, labels)})
             if progress and (effect == "target" or index == len(getattr(config, f"{effect}_grid")) - 1):

@@ -16,7 +16,12 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert {row["model"] for row in results["training_overhead"]} == {"mlp-1bit", "cnn-1bit"}
-    assert all(row["ratio"] > 0 for row in results["training_overhead"])
+    assert all(row["ratio"] > 0 and row["rng_floor_ratio"] >= 1 for row in results["training_overhead"])
+    # the 784-512-512 MLP, hidden layers: noise and (drawn at the outputs) deviation, 64 x 512 each per layer
+    (mlp,) = [row for row in results["training_overhead"] if row["model"] == "mlp-1bit"]
+    assert mlp["gaussians_per_step"] == 4 * 64 * 512
+    throughput = results["robustness_throughput"]
+    assert 0 <= throughput["batching_saves_at_most"] < 1 and throughput["programming_ms"] >= 0
     assert results["robustness_throughput"]["traces"] == 1  # levels and chips changed without retracing
     assert results["sweep"]["complete_trials"] + 0 <= results["sweep"]["trials"]
     assert len(results["sweep"]["rss_mb_by_trial"]) >= 1
