@@ -86,14 +86,10 @@ class HardwareState:
     def program(self) -> None:
         """Draw the chip's weight deviation once: ``1 + eps`` for the current chip and level."""
         if bool(self.evaluating.numpy()) and float(self.weight_dev.numpy()) > 0:
-            self._draw_chip_factor()
+            seed = tf.stack([self.chip * SEED_MIX + self.salt, tf.constant(0, tf.int64)])
+            self.chip_factor.assign(chip_factor(tf.shape(self.chip_factor), self.weight_dev, seed))
         else:
             self.chip_factor.assign(tf.ones(self.chip_factor.shape))
-
-    @tf.function(autograph=False)
-    def _draw_chip_factor(self) -> None:  # compiled: about twice as fast as the same ops run eagerly
-        seed = tf.stack([self.chip * SEED_MIX + self.salt, tf.constant(0, tf.int64)])
-        self.chip_factor.assign(1.0 + self.weight_dev * standard_normal(self.chip_factor.shape, seed=seed))
 
     def assign(self, config: PerturbationConfig) -> None:
         self.noise_sigma.assign(config.noise_sigma)
@@ -260,6 +256,14 @@ def add_noise(outputs: tf.Tensor, sigma, relative, seed: tf.Tensor) -> tf.Tensor
     rms = tf.sqrt(tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=axes, keepdims=True))
     scale = sigma * (rms if relative is True else tf.where(relative, rms, tf.ones_like(rms)))  # per example
     return outputs + scale * noise
+
+
+@tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32),
+                                                 tf.TensorSpec([2], tf.int64)])
+def chip_factor(shape: tf.Tensor, deviation: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """``1 + deviation * N(0, 1)`` of ``shape``, a stateless function of ``seed`` (compiled once for
+    every shape: twice as fast as the same ops run eagerly)."""
+    return 1.0 + deviation * standard_normal(shape, seed=seed)
 
 
 def standard_normal(shape, seed: tf.Tensor) -> tf.Tensor:
