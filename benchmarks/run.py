@@ -27,7 +27,6 @@ from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, Robustn
 from pipeline.data import prepare
 from pipeline.models import build_model
 from pipeline.perturbations import (
-    HardwareAwareQuantDense,
     attach_hardware,
     calibrate,
     hardware_evaluation,
@@ -73,6 +72,16 @@ def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def median_call_seconds(call, repeats: int) -> float:
+    """Median wall time of ``call()`` over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def gaussians_per_step(model) -> int:
     """How many N(0, 1) numbers one training step of the hardware-aware ``model`` draws."""
     count = 0
@@ -81,7 +90,7 @@ def gaussians_per_step(model) -> int:
         if layer.hardware.noise_sigma:
             count += outputs
         if layer.hardware.weight_dev_pct:
-            count += outputs if len(layer.input_shape) == 2 and isinstance(layer, HardwareAwareQuantDense) else int(np.prod(layer.kernel.shape))
+            count += outputs if layer.draws_deviation_at_outputs(len(layer.input_shape)) else int(np.prod(layer.kernel.shape))
     return count
 
 
@@ -89,20 +98,10 @@ def gaussian_seconds(count: int, rounds: int) -> float:
     """Median seconds to draw ``count`` Gaussian numbers (the RNG floor of a training step)."""
     draw = tf.function(lambda seed: tf.reduce_sum(standard_normal([count], seed)))
     seed = tf.constant([1, 2], tf.int64)
-    draw(seed)
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        float(draw(seed))
-        times.append(time.perf_counter() - started)
-    empty = tf.function(lambda seed: tf.reduce_sum(tf.cast(seed, tf.float32)))
-    float(empty(seed))
-    overhead = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        float(empty(seed))
-        overhead.append(time.perf_counter() - started)
-    return max(statistics.median(times) - statistics.median(overhead), 0.0)
+    empty = tf.function(lambda seed: tf.reduce_sum(tf.cast(seed, tf.float32)))  # the call overhead alone
+    float(draw(seed)), float(empty(seed))  # traces
+    drawing = median_call_seconds(lambda: float(draw(seed)), rounds)
+    return max(drawing - median_call_seconds(lambda: float(empty(seed)), rounds), 0.0)
 
 
 def training_overhead(data, quick: bool) -> list[dict]:
@@ -141,11 +140,7 @@ def robustness_throughput(data, quick: bool) -> dict:
     images, labels = data.images("test"), data.labels("test")
     repeats = 3 if quick else 10
     model.evaluate(images, labels, batch_size=1024, verbose=0)  # warm-up
-    clean = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.evaluate(images, labels, batch_size=1024, verbose=0)
-        clean.append(time.perf_counter() - started)
+    clean_seconds = median_call_seconds(lambda: model.evaluate(images, labels, batch_size=1024, verbose=0), repeats)
     hardware = attach_hardware(model, PerturbationConfig(), model_targets(model, "hidden"))
     calibrate(hardware, data.images("val"))
     accuracy, traces = accuracy_function(hardware, 1024)
@@ -162,16 +157,9 @@ def robustness_throughput(data, quick: bool) -> dict:
             programming.append(programmed - started)
         # Where a pass's time goes: the same programmed chip on growing subsets -> fixed cost + cost per image
         sizes = [len(labels) // 4, len(labels) // 2, len(labels)]
-        medians = []
-        for size in sizes:
-            times = []
-            for _ in range(repeats * 2):
-                started = time.perf_counter()
-                accuracy(images[:size], labels[:size])
-                times.append(time.perf_counter() - started)
-            medians.append(statistics.median(times))
+        medians = [median_call_seconds(lambda: accuracy(images[:size], labels[:size]), repeats * 2) for size in sizes]
     per_image, fixed = np.polyfit(sizes, medians, 1)
-    clean_ips, perturbed_ips = len(labels) / statistics.median(clean), len(labels) / statistics.median(perturbed)
+    clean_ips, perturbed_ips = len(labels) / clean_seconds, len(labels) / statistics.median(perturbed)
     pass_seconds = statistics.median(perturbed)
     return {"images": len(labels), "clean_evaluate_images_per_s": clean_ips, "perturbed_images_per_s": perturbed_ips,
             "ratio": perturbed_ips / clean_ips, "traces": traces[0], "conditions_evaluated": len(perturbed) + 1,

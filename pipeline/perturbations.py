@@ -8,7 +8,7 @@ classes serve float, 1-bit and k-bit models). For input ``x`` and latent kernel 
 1. **process variation** -- ``W_chip = W_q * (1 + eps)``, ``eps ~ N(0, (weight_dev_pct/100)^2)``
    i.i.d. per weight (dimensionless). At evaluation one draw per *chip*: ``eps`` is a function of
    (chip seed, layer) only, fixed for every input of that chip -- drawn once when the chip is
-   programmed (entering :func:`hardware_evaluation`, :func:`set_chip`, :func:`set_levels`) and
+   programmed (entering :func:`hardware_evaluation`, :func:`set_condition`, :func:`set_chip`) and
    read by every batch after that. In training a fresh draw every
    step (variation-aware training); a dense layer on flat inputs draws it at its outputs instead
    (local reparameterization, see :meth:`HardwareAwareMixin._output_variation_std`): every example
@@ -87,7 +87,7 @@ class HardwareState:
         """Draw the chip's weight deviation once: ``1 + eps`` for the current chip and level."""
         if bool(self.evaluating.numpy()) and float(self.weight_dev.numpy()) > 0:
             seed = tf.stack([self.chip * SEED_MIX + self.salt, tf.constant(0, tf.int64)])
-            self.chip_factor.assign(chip_factor(tf.shape(self.chip_factor), self.weight_dev, seed))
+            self.chip_factor.assign(draw_chip_factor(tf.shape(self.chip_factor), self.weight_dev, seed))
         else:
             self.chip_factor.assign(tf.ones(self.chip_factor.shape))
 
@@ -168,9 +168,9 @@ class HardwareAwareMixin:
         calls = state.calls.assign_add(1)
         step = state.train_seed * SEED_MIX + state.salt
         deviation = config.weight_dev_pct / 100.0
-        if deviation and self._output_variation_is_exact(inputs):
+        if deviation and self.draws_deviation_at_outputs(inputs.shape.rank):
             outputs = self._varied_call(inputs, None)
-            std = deviation * self._output_variation_std(inputs, self.hardware_state.quantized_kernel)
+            std = deviation * self._output_variation_std(inputs, state.quantized_kernel)
             outputs = outputs + std * standard_normal(tf.shape(outputs), seed=tf.stack([step, calls]))
         elif deviation:
             outputs = self._varied_call(inputs, 1.0 + deviation * standard_normal(self.kernel.shape, seed=tf.stack([step, calls])))
@@ -196,10 +196,9 @@ class HardwareAwareMixin:
         active = state.evaluating
         calls = state.calls.assign_add(1)
         chip = state.chip * SEED_MIX + state.salt
-        # 1. process variation: the programmed chip's factor (ones outside an evaluation)
-        factor = state.chip_factor
-        outputs = self._varied_call(inputs, factor)  # 2. the Larq layer's own computation, varied kernel
-        clean = outputs
+        # 1. process variation: the programmed chip's factor (ones outside an evaluation), then
+        # 2. the Larq layer's own computation with the varied kernel
+        outputs = self._varied_call(inputs, state.chip_factor)
         # 3. output noise
         sigma = tf.where(active, state.noise_sigma, 0.0)
         noise_seed = tf.stack([chip + 1, calls])
@@ -219,11 +218,11 @@ class HardwareAwareMixin:
         finally:
             state.kernel_factor = None
 
-    def _output_variation_is_exact(self, inputs) -> bool:
-        """Whether the weight deviation can be drawn at the outputs instead of on the kernel (see
+    def draws_deviation_at_outputs(self, input_rank: int) -> bool:
+        """Whether training draws the weight deviation at the outputs instead of on the kernel (see
         :meth:`_output_variation_std`): dense layers on flat inputs, where every output element
         uses its own column of weights. Not convolutions: their outputs share weights across positions."""
-        return isinstance(self, lq.layers.QuantDense) and inputs.shape.rank == 2
+        return isinstance(self, lq.layers.QuantDense) and input_rank == 2
 
     def _output_variation_std(self, inputs, kernel):
         """Standard deviation of ``x_q . (W_q * eps)`` per example and unit, divided by ``weight_dev``.
@@ -260,7 +259,7 @@ def add_noise(outputs: tf.Tensor, sigma, relative, seed: tf.Tensor) -> tf.Tensor
 
 @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32),
                                                  tf.TensorSpec([2], tf.int64)])
-def chip_factor(shape: tf.Tensor, deviation: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def draw_chip_factor(shape: tf.Tensor, deviation: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """``1 + deviation * N(0, 1)`` of ``shape``, a stateless function of ``seed`` (compiled once for
     every shape: twice as fast as the same ops run eagerly)."""
     return 1.0 + deviation * standard_normal(shape, seed=seed)
@@ -445,11 +444,6 @@ def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = Non
 def set_chip(model: tf.keras.Model, chip: int) -> None:
     """Switch to another chip inside :func:`hardware_evaluation` (no rebuild, no retrace)."""
     set_condition(model, chip=chip)
-
-
-def set_levels(model: tf.keras.Model, config: PerturbationConfig) -> None:
-    """Change the levels inside :func:`hardware_evaluation` (no rebuild, no retrace)."""
-    set_condition(model, config)
 
 
 def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024) -> dict[str, tuple[float, float]]:
