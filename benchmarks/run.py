@@ -1,6 +1,6 @@
 """Benchmarks: what the hardware model costs, measured against the plain Larq model in one process.
 
-    python -m benchmarks.run            # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.run            # full run (about 13 minutes on 2 cores)
     python -m benchmarks.run --quick    # tiny sizes: a smoke run (the test suite runs it)
 
 Writes ``benchmarks/results/results.json`` and ``results.md`` (or ``--output DIR``). Ratios are
@@ -34,7 +34,7 @@ from pipeline.perturbations import (
     set_condition,
     standard_normal,
 )
-from pipeline.robustness import accuracy_function, evaluate_robustness, model_targets
+from pipeline.robustness import CompiledAccuracy, evaluate_robustness, model_targets
 from pipeline.training import compile_model, seed_everything
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10}
@@ -134,6 +134,8 @@ def training_overhead(data, quick: bool) -> list[dict]:
 
 
 def robustness_throughput(data, quick: bool) -> dict:
+    """Images per second under perturbation (a new level for every pass, programming included) vs
+    clean ``model.evaluate``: one chip per pass, and all 5 chips of a level side by side."""
     seed_everything(0)
     model = build_model(ModelConfig(bits=1))
     compile_model(model, TrainConfig())
@@ -141,70 +143,102 @@ def robustness_throughput(data, quick: bool) -> dict:
     repeats = 3 if quick else 10
     model.evaluate(images, labels, batch_size=1024, verbose=0)  # warm-up
     clean_seconds = median_call_seconds(lambda: model.evaluate(images, labels, batch_size=1024, verbose=0), repeats)
-    hardware = attach_hardware(model, PerturbationConfig(), model_targets(model, "hidden"))
-    calibrate(hardware, data.images("val"))
-    accuracy, traces = accuracy_function(hardware, 1024)
-    perturbed, programming = [], []
-    with hardware_evaluation(hardware, ALL_EFFECTS, chip=0):
-        accuracy(images, labels)  # warm-up (the one trace)
-        for index in range(repeats * 3):
-            started = time.perf_counter()  # a new level and chip: programming the chip is part of the pass
-            set_condition(hardware, PerturbationConfig(noise_sigma=0.1 * (index % 5), weight_dev_pct=10 + 10 * (index % 4),
-                                                       clip_mode="relative", clip_fraction=1 - 0.1 * (index % 6)), chip=index)
-            programmed = time.perf_counter()
-            accuracy(images, labels)
-            perturbed.append(time.perf_counter() - started)
-            programming.append(programmed - started)
-        # Where a pass's time goes: the same programmed chip on growing subsets -> fixed cost + cost per image
-        sizes = [len(labels) // 4, len(labels) // 2, len(labels)]
-        medians = [median_call_seconds(lambda: accuracy(images[:size], labels[:size]), repeats * 2) for size in sizes]
-    per_image, fixed = np.polyfit(sizes, medians, 1)
-    clean_ips, perturbed_ips = len(labels) / clean_seconds, len(labels) / statistics.median(perturbed)
-    pass_seconds = statistics.median(perturbed)
-    return {"images": len(labels), "clean_evaluate_images_per_s": clean_ips, "perturbed_images_per_s": perturbed_ips,
-            "ratio": perturbed_ips / clean_ips, "traces": traces[0], "conditions_evaluated": len(perturbed) + 1,
-            "pass_ms": 1000 * pass_seconds, "programming_ms": 1000 * statistics.median(programming),
-            "fixed_call_ms": 1000 * max(fixed, 0.0), "ms_per_1k_images": 1e6 * per_image,
-            # chips batched into one pass share only the fixed call cost (each still needs its own draw)
-            "batching_saves_at_most": max(fixed, 0.0) / pass_seconds}
+    levels = [PerturbationConfig(noise_sigma=0.1 * (index % 5), weight_dev_pct=10 + 10 * (index % 4),
+                                 clip_mode="relative", clip_fraction=1 - 0.1 * (index % 6)) for index in range(repeats * 3)]
+    result = {"images": len(labels), "clean_evaluate_images_per_s": len(labels) / clean_seconds}
+    for chips in (1, 5):
+        hardware = attach_hardware(model, PerturbationConfig(), model_targets(model, "hidden"), chips_per_pass=chips)
+        calibrate(hardware, data.images("val"))
+        accuracy = CompiledAccuracy(hardware, 1024)
+        perturbed, programming = [], []
+        with hardware_evaluation(hardware, ALL_EFFECTS, chip=0):
+            accuracy.per_chip(images, labels)  # warm-up (the one trace)
+            for index, level in enumerate(levels):
+                # one chip per pass: a new chip every pass (as in the evaluation loop); side by side:
+                # the level's chips stay programmed, only the level changes
+                started = time.perf_counter()
+                set_condition(hardware, level, chip=index if chips == 1 else 0)
+                programmed = time.perf_counter()
+                accuracy.per_chip(images, labels)
+                perturbed.append(time.perf_counter() - started)
+                programming.append(programmed - started)
+            if chips == 1:  # where a pass's time goes: fixed cost + cost per image (same programmed chip)
+                sizes = [len(labels) // 4, len(labels) // 2, len(labels)]
+                medians = [median_call_seconds(lambda: accuracy.per_chip(images[:size], labels[:size]), repeats * 2) for size in sizes]
+                per_image, fixed = np.polyfit(sizes, medians, 1)
+                result.update({"fixed_call_ms": 1000 * max(fixed, 0.0), "ms_per_1k_images": 1e6 * per_image})
+        pass_seconds = statistics.median(perturbed)
+        key = "one_chip" if chips == 1 else "side_by_side"
+        result[key] = {"chips_per_pass": chips, "pass_ms": 1000 * pass_seconds, "programming_ms": 1000 * statistics.median(programming),
+                       "images_per_s": chips * len(labels) / pass_seconds, "traces": accuracy.traces,
+                       "conditions_evaluated": len(perturbed) + 1}
+        result[key]["ratio"] = result[key]["images_per_s"] / result["clean_evaluate_images_per_s"]
+    result["side_by_side_speedup"] = result["side_by_side"]["images_per_s"] / result["one_chip"]["images_per_s"]
+    return result
 
 
-def chip_batching(quick: bool) -> dict:
-    """Is evaluating K chips in one batched pass faster than K passes? Measured on the arithmetic of
-    a pass of the 1-bit MLP (784-512-512-10, sign activations, a varied kernel per chip): K calls
-    with one chip's kernels vs one call with a batched matmul over K stacked kernels."""
-    chips, images = (2, 200) if quick else (5, 1000)
-    shapes = [(784, 512), (512, 512), (512, 10)]
-    generator = tf.random.Generator.from_seed(0)
-    kernels = [tf.sign(generator.normal(shape)) for shape in shapes]
-    factors = [1.0 + 0.2 * generator.normal((chips, *shape)) for shape in shapes]
-    x = tf.sign(generator.normal((images, 784)))
+def chips_side_by_side(data, fashion, quick: bool) -> list[dict]:
+    """A whole robustness evaluation (default grids, 5 chips) one chip per pass vs side by side:
+    medians over interleaved repeats, and whether the two give the same table."""
+    from pipeline.robustness import chips_side_by_side as automatic
 
-    @tf.function
-    def one_chip(x, *chip_factors):
-        h = x
-        for kernel, factor in zip(kernels, chip_factors):
-            h = tf.sign(tf.matmul(h, kernel * factor))
-        return tf.reduce_sum(h)
+    cases = [("mlp", "hidden", "mnist-bundled", data)]
+    if fashion is not None:
+        cases.append(("mlp", "hidden", "fashion-mnist", fashion))
+    cases.append(("cnn", "all", "mnist-bundled", data))  # convolutions perturbed: why "automatic" keeps one chip per pass
+    rows = []
+    for arch, layers, name, dataset in cases:
+        seed_everything(0)
+        model = build_model(ModelConfig(arch=arch, bits=1))
+        target = PerturbationConfig(**{**ALL_EFFECTS.levels(), "perturb_layers": layers})
+        chips = 2 if quick else 5
+        configs = {"one_chip": RobustnessConfig(chips=chips, target=target, chips_per_pass=1),
+                   "side_by_side": RobustnessConfig(chips=chips, target=target, chips_per_pass=chips)}
+        seconds, tables = {key: [] for key in configs}, {}
+        for _ in range(1 if quick else 3):
+            for key, config in configs.items():
+                result = evaluate_robustness(model, dataset, config, progress=None)
+                seconds[key].append(result.seconds)
+                tables[key] = result.chips
+        one, side = statistics.median(seconds["one_chip"]), statistics.median(seconds["side_by_side"])
+        chosen = automatic(model, model_targets(model, layers), RobustnessConfig(chips=chips, target=target))
+        memory = {key: evaluation_peak_mb(arch, layers, config.chips, config.chips_per_pass, quick) if name == "mnist-bundled" else None
+                  for key, config in configs.items()}
+        rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "data": name, "test_images": len(dataset.y_test),
+                     "chips": chips, "one_chip_s": one, "side_by_side_s": side, "speedup": one / side,
+                     "one_chip_peak_mb_added": memory["one_chip"], "side_by_side_peak_mb_added": memory["side_by_side"],
+                     "automatic_chips_per_pass": chosen, "same_table": bool(tables["one_chip"].equals(tables["side_by_side"]))})
+    return rows
 
-    @tf.function
-    def all_chips(x, *chip_factors):
-        h = tf.broadcast_to(x, (chips, *x.shape))
-        for kernel, factor in zip(kernels, chip_factors):
-            h = tf.sign(tf.matmul(h, kernel[None] * factor))
-        return tf.reduce_sum(h)
 
-    def separately():
-        for chip in range(chips):
-            float(one_chip(x, *(factor[chip] for factor in factors)))
+def evaluation_peak_mb(arch: str, layers: str, chips: int, chips_per_pass: int, quick: bool) -> float:
+    """Peak resident memory a robustness evaluation adds (MB), measured in a fresh process."""
+    import subprocess
+    import sys
 
-    def batched():
-        float(all_chips(x, *factors))
+    command = [sys.executable, "-m", "benchmarks.run", "--evaluation-peak", arch, layers, str(chips), str(chips_per_pass)]
+    command += ["--quick"] if quick else []
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb_added"]
 
-    separately(), batched()  # traces
-    seconds = interleaved_seconds({"separately": separately, "batched": batched}, rounds=8 if quick else 40, steps_per_round=1)
-    return {"chips": chips, "images": images, "separate_ms": 1000 * seconds["separately"],
-            "batched_ms": 1000 * seconds["batched"], "batched_speedup": seconds["separately"] / seconds["batched"]}
+
+def measure_evaluation_peak(arch: str, layers: str, chips: int, chips_per_pass: int, quick: bool) -> dict:
+    data = prepare(DataConfig(source="bundled", limit=300 if quick else 0))
+    seed_everything(0)
+    model = build_model(ModelConfig(arch=arch, bits=1))
+    target = PerturbationConfig(**{**ALL_EFFECTS.levels(), "perturb_layers": layers})
+    before = peak_resident_mb()
+    evaluate_robustness(model, data, RobustnessConfig(chips=chips, target=target, chips_per_pass=chips_per_pass), progress=None)
+    return {"peak_mb_added": peak_resident_mb() - before}
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory (MB): ``VmHWM``, which starts afresh at ``exec`` (unlike
+    ``ru_maxrss``, which a child inherits from the parent that forked it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
@@ -217,9 +251,10 @@ def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
         evaluate_robustness(model, dataset, config, progress=None)  # warm-up
         for chips in ((1, 2) if quick else (1, 5, 20)):
             result = evaluate_robustness(model, dataset, RobustnessConfig(chips=chips, target=ALL_EFFECTS), progress=None)
-            passes = len(result.chips) + 1
-            rows.append({"data": name, "test_images": len(dataset.y_test), "chips": chips, "passes": passes,
-                         "seconds": result.seconds, "ms_per_1k_images_per_pass": 1000 * result.seconds / passes / (len(dataset.y_test) / 1000)})
+            evaluations = len(result.chips) + 1  # (level, chip) pairs evaluated, and the clean accuracy
+            rows.append({"data": name, "test_images": len(dataset.y_test), "chips": chips, "chip_evaluations": evaluations,
+                         "seconds": result.seconds,
+                         "ms_per_1k_images_per_chip_evaluation": 1000 * result.seconds / evaluations / (len(dataset.y_test) / 1000)})
     return rows
 
 
@@ -279,20 +314,31 @@ def markdown(results: dict) -> str:
                      f"{row['clip_only_ratio']:.2f}x | {row['gaussians_per_step']:,} | {row['gaussian_draw_ms']:.2f} | "
                      f"{row['rng_floor_ratio']:.2f}x |")
     r = results["robustness_throughput"]
-    lines += ["", "| robustness evaluation | images/s | ratio (target >= 0.8) | traces |", "|---|---|---|---|",
+    one, side = r["one_chip"], r["side_by_side"]
+    lines += ["", "| robustness evaluation (1-bit MLP, hidden layers, all effects, a new level every pass, programming included) "
+              "| images/s | ratio (target >= 0.8) | traces |", "|---|---|---|---|",
               f"| clean `model.evaluate` | {r['clean_evaluate_images_per_s']:,.0f} | 1.00 | - |",
-              f"| one chip x level, all effects (programming the chip included) | {r['perturbed_images_per_s']:,.0f} | {r['ratio']:.2f} | {r['traces']} for {r['conditions_evaluated']} conditions |",
-              "", f"One pass of {r['images']:,} images under perturbation: {r['pass_ms']:.1f} ms = programming the chip (its weight "
-              f"deviation draw) {r['programming_ms']:.1f} ms + fixed call cost {r['fixed_call_ms']:.1f} ms + {r['ms_per_1k_images']:.1f} ms "
-              f"per 1,000 images; the fixed call cost is {100 * r['batching_saves_at_most']:.0f} % of a pass (chips are evaluated "
-              f"one at a time)."]
-    b = results["chip_batching"]
-    lines += ["", f"Chips in one batched pass (the MLP's arithmetic, {b['images']:,} images, {b['chips']} chips): "
-              f"{b['separate_ms']:.1f} ms one chip at a time, {b['batched_ms']:.1f} ms batched ({b['batched_speedup']:.2f}x faster; "
-              f"not built into the evaluation yet)."]
-    lines += ["", "| scaling: data | test images | chips | passes | seconds | ms per 1k images per pass |", "|---|---|---|---|---|---|"]
+              f"| one chip per pass | {one['images_per_s']:,.0f} | {one['ratio']:.2f} | {one['traces']} for {one['conditions_evaluated']} conditions |",
+              f"| {side['chips_per_pass']} chips side by side per pass | {side['images_per_s']:,.0f} | {side['ratio']:.2f} | "
+              f"{side['traces']} for {side['conditions_evaluated']} conditions |",
+              "", f"One pass of {r['images']:,} images, one chip: {one['pass_ms']:.1f} ms = programming the chip {one['programming_ms']:.1f} ms "
+              f"+ fixed call cost {r['fixed_call_ms']:.1f} ms + {r['ms_per_1k_images']:.1f} ms per 1,000 images. Side by side, "
+              f"{side['chips_per_pass']} chips: {side['pass_ms']:.1f} ms per pass, programming {side['programming_ms']:.1f} ms (the chips' "
+              f"deviation draws are kept across levels; a new level rescales them): {r['side_by_side_speedup']:.2f}x the images per second."]
+    lines += ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
+              "| speedup | peak memory added, one chip / side by side | same table | automatic chips per pass |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results["chips_side_by_side"]:
+        memory = ("-" if row["one_chip_peak_mb_added"] is None
+                  else f"{row['one_chip_peak_mb_added']:,.0f} MB / {row['side_by_side_peak_mb_added']:,.0f} MB")
+        lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['data']} ({row['test_images']:,} test images) | {row['chips']} | "
+                     f"{row['one_chip_s']:.2f} | {row['side_by_side_s']:.2f} | {row['speedup']:.2f}x | {memory} | "
+                     f"{'yes' if row['same_table'] else 'NO'} | {row['automatic_chips_per_pass']} |")
+    lines += ["", "| scaling (MLP, automatic chips per pass): data | test images | chips | chip evaluations | seconds | "
+              "ms per 1k images per chip evaluation |", "|---|---|---|---|---|---|"]
     for row in results["robustness_scaling"]:
-        lines.append(f"| {row['data']} | {row['test_images']:,} | {row['chips']} | {row['passes']} | {row['seconds']:.2f} | {row['ms_per_1k_images_per_pass']:.2f} |")
+        lines.append(f"| {row['data']} | {row['test_images']:,} | {row['chips']} | {row['chip_evaluations']} | {row['seconds']:.2f} | "
+                     f"{row['ms_per_1k_images_per_chip_evaluation']:.2f} |")
     s = results["sweep"]
     m = s["median_s"]
     lines += ["", f"Sweep: {s['trials']} trials ({s['complete_trials']} complete), {s['wall_s']:.0f} s wall. Median seconds per complete trial:", "",
@@ -310,7 +356,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--evaluation-peak", nargs=4, metavar=("ARCH", "LAYERS", "CHIPS", "CHIPS_PER_PASS"),
+                        help=argparse.SUPPRESS)  # one measurement in this fresh process (used by the benchmark)
     args = parser.parse_args(argv)
+    if args.evaluation_peak:
+        arch, layers, chips, per_pass = args.evaluation_peak
+        print(json.dumps(measure_evaluation_peak(arch, layers, int(chips), int(per_pass), args.quick)))
+        return 0
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     data = prepare(DataConfig(source="bundled", limit=300 if args.quick else 0))
@@ -320,9 +372,9 @@ def main(argv=None) -> int:
     results = {"quick": args.quick, "machine": machine(), "targets": TARGETS}
     for name, step in (("training_overhead", lambda: training_overhead(data, args.quick)),
                        ("robustness_throughput", lambda: robustness_throughput(data, args.quick)),
-                       ("chip_batching", lambda: chip_batching(args.quick)),
-                       ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick)),
-                       ("sweep", lambda: sweep_costs(args.quick, output))):
+                       ("sweep", lambda: sweep_costs(args.quick, output)),  # before the CNN side by side's memory peak
+                       ("chips_side_by_side", lambda: chips_side_by_side(data, fashion, args.quick)),
+                       ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick))):
         print(f"[benchmark] {name} ...", flush=True)
         results[name] = step()
     (output / "results.json").write_text(json.dumps(results, indent=2))

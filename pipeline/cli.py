@@ -83,6 +83,8 @@ def add_robustness_arguments(parser: argparse.ArgumentParser, with_target: bool 
     if with_target:
         group.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels")
     group.add_argument("--chips", default=str(defaults.chips), help="Monte-Carlo chips per level")
+    group.add_argument("--chips_per_pass", default=str(defaults.chips_per_pass),
+                       help="chips evaluated side by side in one pass (same numbers); 0 = automatic")
     group.add_argument("--yield_tolerance", default=str(defaults.yield_tolerance), help="0.01 = 1 accuracy point")
     group.add_argument("--noise_grid", default=",".join(map(str, defaults.noise_grid)))
     group.add_argument("--weight_dev_grid", default=",".join(map(str, defaults.weight_dev_grid)))
@@ -101,7 +103,7 @@ def robustness_config(args: argparse.Namespace, target: PerturbationConfig | Non
     return RobustnessConfig(
         noise_grid=args.noise_grid, weight_dev_grid=args.weight_dev_grid, clip_grid=args.clip_grid,
         target=target or load_target_hardware(resolve_project_file(args.target)), chips=args.chips,
-        yield_tolerance=args.yield_tolerance, seed=getattr(args, "seed", 0),
+        chips_per_pass=args.chips_per_pass, yield_tolerance=args.yield_tolerance, seed=getattr(args, "seed", 0),
     )
 
 

@@ -425,6 +425,12 @@ class RobustnessConfig:
     """Seed of the chips: chip c of every level is the same chip (common random numbers)."""
     batch_size: int = 1024
     """Images per forward pass (each pass draws fresh output noise)."""
+    chips_per_pass: int = 0
+    """Chips evaluated side by side in one forward pass: the same numbers as one at a time, fewer
+    and larger calls; activations of ``batch_size * chips_per_pass`` images in memory. 0 = automatic:
+    every chip of a level side by side when only dense layers are perturbed, the first one included
+    (measured faster); one at a time when a convolution is perturbed (it runs once per chip either
+    way, with P times the memory) or plain layers come first (they would be repeated per chip)."""
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -437,6 +443,7 @@ class RobustnessConfig:
         set_("yield_tolerance", require_float("yield_tolerance", self.yield_tolerance, 0.0, 1.0))
         set_("seed", require_int("seed", self.seed, minimum=0))
         set_("batch_size", require_int("batch_size", self.batch_size, minimum=1))
+        set_("chips_per_pass", require_int("chips_per_pass", self.chips_per_pass, minimum=0))
 
 
 def read_yaml_mapping(path: str | Path, parameter: str, what: str) -> dict:

@@ -6,10 +6,12 @@ classes serve float, 1-bit and k-bit models). For input ``x`` and latent kernel 
 ``W_q = q(W)`` the kernel after the layer's own quantizer, a hardware-aware layer computes
 
 1. **process variation** -- ``W_chip = W_q * (1 + eps)``, ``eps ~ N(0, (weight_dev_pct/100)^2)``
-   i.i.d. per weight (dimensionless). At evaluation one draw per *chip*: ``eps`` is a function of
-   (chip seed, layer) only, fixed for every input of that chip -- drawn once when the chip is
-   programmed (entering :func:`hardware_evaluation`, :func:`set_condition`, :func:`set_chip`) and
-   read by every batch after that. In training a fresh draw every
+   i.i.d. per weight (dimensionless). At evaluation one draw per *chip*: ``eps = (weight_dev_pct/100) * z``
+   with ``z ~ N(0, 1)`` a function of (chip seed, layer) only, fixed for every input of that chip --
+   drawn once when the chip is programmed (entering :func:`hardware_evaluation`,
+   :func:`set_condition`, :func:`set_chip`; a new level only rescales ``z``) and read by every
+   batch after that. Several chips can be evaluated side by side in one pass (``chips_per_pass``
+   in :func:`attach_hardware`), with exactly the numbers of one chip at a time. In training a fresh draw every
    step (variation-aware training); a dense layer on flat inputs draws it at its outputs instead
    (local reparameterization, see :meth:`HardwareAwareMixin._output_variation_std`): every example
    gets exactly the output distribution of a fresh kernel draw, for batch x units Gaussian numbers
@@ -58,8 +60,9 @@ SEED_MIX = 1_000_003  #: mixes the chip / training seed with the layer salt into
 class HardwareState:
     """The run-time levels of one layer, as variables (deliberately not tracked by Keras)."""
 
-    def __init__(self, config: PerturbationConfig, salt: int, kernel_shape: Sequence[int]):
+    def __init__(self, config: PerturbationConfig, salt: int, kernel_shape: Sequence[int], chips_per_pass: int = 1):
         self.salt = salt  #: stable per-layer integer (CRC32 of the layer name): independent draws per layer
+        self.chips_per_pass = chips_per_pass  #: P chips evaluated side by side in one forward pass
         scalar = lambda value, dtype=tf.float32: tf.Variable(value, dtype=dtype, trainable=False)  # noqa: E731
         self.noise_sigma = scalar(0.0)
         self.noise_relative = scalar(True, tf.bool)
@@ -73,21 +76,32 @@ class HardwareState:
         self.calibrated_lo = scalar(-np.inf)  #: clean output range on calibration data (relative clip)
         self.calibrated_hi = scalar(np.inf)
         self.evaluating = scalar(False, tf.bool)  #: inside hardware_evaluation
-        self.chip = scalar(0, tf.int64)
+        self.chips = tf.Variable(tf.zeros([chips_per_pass], tf.int64), trainable=False)  #: the P chips of a pass
         self.train_seed = scalar(0, tf.int64)
         self.calls = scalar(0, tf.int64)  #: forward passes so far: fresh noise per pass, reproducibly
-        #: the programmed chip's ``1 + eps`` (kernel-sized): drawn once per chip and level by
+        shape = [chips_per_pass, *kernel_shape]
+        #: each chip's ``z ~ N(0, 1)`` per weight (``eps = weight_dev * z``): a function of the chip
+        #: seed and the layer only, drawn when the chips change (not when only the level does)
+        self.chip_normals = tf.Variable(tf.zeros(shape), trainable=False)
+        self._normals_of = None  #: the chips whose normals are in ``chip_normals``
+        #: the programmed chips' ``1 + eps`` (P x kernel): set once per chip and level by
         #: :meth:`program`, read by every batch of every pass; ones outside an evaluation
-        self.chip_factor = tf.Variable(tf.ones(kernel_shape), trainable=False)
+        self.chip_factor = tf.Variable(tf.ones(shape), trainable=False)
         self.kernel_factor = None  #: (1 + eps) of the current forward pass, read by VariedKernel
         self.quantized_kernel = None  #: W_q of the current forward pass, written by VariedKernel
         self.assign(config)
 
     def program(self) -> None:
-        """Draw the chip's weight deviation once: ``1 + eps`` for the current chip and level."""
+        """Program the chips once: ``1 + eps`` for the current chips and level (``eps`` drawn only for new chips)."""
         if bool(self.evaluating.numpy()) and float(self.weight_dev.numpy()) > 0:
-            seed = tf.stack([self.chip * SEED_MIX + self.salt, tf.constant(0, tf.int64)])
-            self.chip_factor.assign(draw_chip_factor(tf.shape(self.chip_factor), self.weight_dev, seed))
+            chips = tuple(int(chip) for chip in self.chips.numpy())
+            if chips != self._normals_of:
+                kernel_shape = tf.constant(self.chip_factor.shape[1:], tf.int32)
+                for index, chip in enumerate(chips):
+                    seed = tf.constant([chip * SEED_MIX + self.salt, 0], tf.int64)
+                    self.chip_normals[index].assign(draw_chip_normals(kernel_shape, seed))
+                self._normals_of = chips
+            self.chip_factor.assign(programmed_factor(self.chip_normals, self.weight_dev))
         else:
             self.chip_factor.assign(tf.ones(self.chip_factor.shape))
 
@@ -132,12 +146,16 @@ class HardwareAwareMixin:
         self.hardware = hardware or PerturbationConfig()
         super().__init__(*args, **kwargs)
         self._hardware_state = None
+        #: chips evaluated side by side in one inference pass (run-time, not saved): with P > 1 a
+        #: batch holds P stacked copies of the same images, copy k evaluated on the k-th chip
+        self.chips_per_pass = 1
 
     @property
     def hardware_state(self) -> HardwareState:
         if self._hardware_state is None:
             # A plain attribute holder: Keras does not track the variables inside it.
-            state = HardwareState(self.hardware, zlib.crc32(self.name.encode()), self.kernel.shape)
+            salt = zlib.crc32(self.name.encode())
+            state = HardwareState(self.hardware, salt, self.kernel.shape, self.chips_per_pass)
             object.__setattr__(self, "_hardware_state", state)
         return self._hardware_state
 
@@ -191,23 +209,47 @@ class HardwareAwareMixin:
         return adc(outputs, lo, hi, float(2**config.out_bits)) if config.out_bits else outputs
 
     def _inference_call(self, inputs):
-        """Inference: plain, unless inside :func:`hardware_evaluation` (levels and chip from the variables)."""
+        """Inference: plain, unless inside :func:`hardware_evaluation` (levels and chips from the variables).
+
+        With ``chips_per_pass`` P > 1 the batch is P equal parts, part k evaluated on chip k with
+        exactly the operations (and noise seeds) of a pass of that chip alone: the results equal
+        one-chip-at-a-time evaluation bit for bit, in one call instead of P.
+        """
         state = self.hardware_state
         active = state.evaluating
         calls = state.calls.assign_add(1)
-        chip = state.chip * SEED_MIX + state.salt
-        # 1. process variation: the programmed chip's factor (ones outside an evaluation), then
-        # 2. the Larq layer's own computation with the varied kernel
-        outputs = self._varied_call(inputs, state.chip_factor)
-        # 3. output noise
         sigma = tf.where(active, state.noise_sigma, 0.0)
-        noise_seed = tf.stack([chip + 1, calls])
-        outputs = tf.cond(sigma > 0, lambda: add_noise(outputs, sigma, state.noise_relative, noise_seed), lambda: outputs)
+        # 1. process variation: chip k's programmed factor (ones outside an evaluation), then
+        # 2. the Larq layer's own computation with the varied kernel, for each chip's part
+        outputs = self._chips_call(inputs)
+        # 3. output noise, seeded by the chip and the pass
+        seeds = [tf.stack([state.chips[index] * SEED_MIX + state.salt + 1, calls]) for index in range(state.chips_per_pass)]
+        outputs = tf.cond(sigma > 0, lambda: add_noise(outputs, sigma, state.noise_relative, seeds), lambda: outputs)
         # 4. saturation and 5. ADC
         lo = tf.where(state.clip_relative, state.clip_fraction * state.calibrated_lo, state.clip_lo)
         hi = tf.where(state.clip_relative, state.clip_fraction * state.calibrated_hi, state.clip_hi)
         clipping = tf.logical_and(active, state.clip_on)
         return tf.cond(clipping, lambda: saturate(outputs, lo, hi, state.adc_levels), lambda: outputs)
+
+    def _chips_call(self, inputs):
+        """``x . W_chip`` for each chip's part of the batch, stacked (see :meth:`_inference_call`)."""
+        state = self.hardware_state
+        count = state.chips_per_pass
+        if count == 1:
+            return self._varied_call(inputs, state.chip_factor[0])
+        if not self.draws_deviation_at_outputs(inputs.shape.rank):  # convolutions: the Larq call per chip
+            parts = tf.split(inputs, count, axis=0)
+            return tf.concat([self._varied_call(part, state.chip_factor[index]) for index, part in enumerate(parts)], axis=0)
+        # A dense layer on flat inputs: what Larq's and Keras' calls compute, with the input and the
+        # kernel quantized once for every chip instead of once per chip (same operations per chip).
+        quantized = self.input_quantizer(inputs) if self.input_quantizer else inputs
+        kernel = tf.convert_to_tensor(self.kernel.latent_variable)
+        kernel = self.kernel_quantizer(kernel) if self.kernel_quantizer else kernel
+        parts = tf.split(quantized, count, axis=0)
+        outputs = tf.concat([tf.matmul(part, kernel * state.chip_factor[index]) for index, part in enumerate(parts)], axis=0)
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        return self.activation(outputs) if self.activation is not None else outputs
 
     def _varied_call(self, inputs, factor):
         """The Larq layer's own computation with the kernel ``W_q * factor`` (``None``: ``W_q`` itself)."""
@@ -246,9 +288,15 @@ class HardwareAwareMixin:
         return {**super().get_config(), "hardware": self.hardware.levels()}
 
 
-def add_noise(outputs: tf.Tensor, sigma, relative, seed: tf.Tensor) -> tf.Tensor:
-    """``outputs + sigma * s * n``; ``s`` = per-example RMS of ``outputs`` if ``relative`` (bool or tensor), else 1."""
-    noise = standard_normal(tf.shape(outputs), seed=seed)
+def add_noise(outputs: tf.Tensor, sigma, relative, seed: tf.Tensor | Sequence[tf.Tensor]) -> tf.Tensor:
+    """``outputs + sigma * s * n``; ``s`` = per-example RMS of ``outputs`` if ``relative`` (bool or tensor), else 1.
+
+    ``seed``: one seed, or one per chip when ``outputs`` stacks the equal parts of several chips
+    (part k's noise is then exactly what chip k's pass alone draws)."""
+    if isinstance(seed, (list, tuple)):
+        noise = standard_normal(tf.shape(outputs) // tf.constant([len(seed)] + [1] * (outputs.shape.rank - 1)), seed=seed)
+    else:
+        noise = standard_normal(tf.shape(outputs), seed=seed)
     if relative is False:
         return outputs + sigma * noise
     axes = list(range(1, outputs.shape.rank))
@@ -257,28 +305,38 @@ def add_noise(outputs: tf.Tensor, sigma, relative, seed: tf.Tensor) -> tf.Tensor
     return outputs + scale * noise
 
 
-@tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32),
-                                                 tf.TensorSpec([2], tf.int64)])
-def draw_chip_factor(shape: tf.Tensor, deviation: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """``1 + deviation * N(0, 1)`` of ``shape``, a stateless function of ``seed`` (compiled once for
+@tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64)])
+def draw_chip_normals(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """A chip's ``z ~ N(0, 1)`` of ``shape``, a stateless function of ``seed`` (compiled once for
     every shape: twice as fast as the same ops run eagerly)."""
-    return 1.0 + deviation * standard_normal(shape, seed=seed)
+    return standard_normal(shape, seed=seed)
 
 
-def standard_normal(shape, seed: tf.Tensor) -> tf.Tensor:
+@tf.function(autograph=False, input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec([], tf.float32)])
+def programmed_factor(normals: tf.Tensor, deviation: tf.Tensor) -> tf.Tensor:
+    """``1 + eps = 1 + deviation * z``: the factor of the programmed weights."""
+    return 1.0 + deviation * normals
+
+
+def standard_normal(shape, seed: tf.Tensor | Sequence[tf.Tensor]) -> tf.Tensor:
     """N(0, 1) numbers, a stateless function of ``seed`` (Box-Muller on counter-based Philox uniforms).
 
     Same distribution as ``tf.random.stateless_normal`` (tails to 5.8 sigma, from 24-bit uniforms),
     about 1.4x faster on CPU for large tensors: both numbers of each Box-Muller pair are used.
+    ``seed`` may be a list of P seeds: then P draws of ``shape``, each exactly the draw of its own
+    seed, are concatenated along the first axis (one Box-Muller transform for all of them).
     """
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     shape = tf.convert_to_tensor(shape, tf.int32)
     size = tf.reduce_prod(shape)
     half = (size + 1) // 2
-    uniform = tf.random.stateless_uniform(tf.stack([2, half]), seed=seed)
-    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - uniform[0]))  # 1 - u in (0, 1]: finite
-    angle = (2.0 * np.pi) * uniform[1]
-    pairs = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=0)
-    return tf.reshape(pairs[:size], shape)
+    uniform = tf.stack([tf.random.stateless_uniform(tf.stack([2, half]), seed=one) for one in seeds])  # (P, 2, half)
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - uniform[:, 0]))  # 1 - u in (0, 1]: finite
+    angle = (2.0 * np.pi) * uniform[:, 1]
+    pairs = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=1)[:, :size]
+    if len(seeds) == 1:
+        return tf.reshape(pairs, shape)
+    return tf.reshape(pairs, tf.concat([[len(seeds) * shape[0]], shape[1:]], axis=0))
 
 
 UNIT_MAGNITUDE_QUANTIZERS = (lq.quantizers.SteSign, lq.quantizers.ApproxSign, lq.quantizers.SwishSign)
@@ -372,12 +430,17 @@ def plain_class(layer: tf.keras.layers.Layer) -> type:
 
 
 def attach_hardware(
-    model: tf.keras.Sequential, config: PerturbationConfig, targets: Sequence[str], train_seed: int = 0
+    model: tf.keras.Sequential, config: PerturbationConfig, targets: Sequence[str], train_seed: int = 0,
+    chips_per_pass: int = 1,
 ) -> tf.keras.Sequential:
     """A copy of ``model`` whose ``targets`` layers are hardware-aware with ``config`` (others plain).
 
     Weights are copied; ``model`` is untouched. Works on plain and hardware-aware models alike.
+    ``chips_per_pass`` > 1 makes a copy for evaluation only that evaluates that many chips side by
+    side: its batches are that many stacked copies of the images (see :func:`chip_ids`).
     """
+    if isinstance(chips_per_pass, bool) or not isinstance(chips_per_pass, int) or chips_per_pass < 1:
+        raise ValueError(f"chips_per_pass must be an integer >= 1; got {chips_per_pass!r}")
     names = {layer.name for layer in model.layers}
     if missing := [name for name in targets if name not in names]:
         raise ValueError(f"model {model.name} has no layer(s) {missing}")
@@ -389,6 +452,7 @@ def attach_hardware(
             if cls not in HARDWARE_CLASSES:
                 raise ValueError(f"layer {layer.name} ({cls.__name__}) cannot carry the hardware model")
             layers.append(HARDWARE_CLASSES[cls].from_config({**layer_config, "hardware": config.levels()}))
+            layers[-1].chips_per_pass = chips_per_pass  # before the build creates the run-time state
         else:
             layers.append(cls.from_config(layer_config))
     copy = tf.keras.Sequential([tf.keras.Input(shape=model.input_shape[1:], name="image"), *layers], name=model.name)
@@ -403,18 +467,35 @@ def strip_hardware(model: tf.keras.Sequential) -> tf.keras.Sequential:
     return attach_hardware(model, PerturbationConfig(), targets=())
 
 
+def chips_per_pass(model: tf.keras.Model) -> int:
+    """How many chips ``model`` evaluates side by side in one pass (1 for plain and training models)."""
+    return max((layer.chips_per_pass for layer in hardware_layers(model)), default=1)
+
+
+def chip_ids(model: tf.keras.Model, chip: int | Sequence[int]) -> list[int]:
+    """The chips of a pass: ``chip`` and the ones after it, or exactly ``chips_per_pass`` given ids."""
+    count = chips_per_pass(model)
+    chips = [chip + index for index in range(count)] if isinstance(chip, (int, np.integer)) else [int(c) for c in chip]
+    if len(chips) != count or any(c < 0 for c in chips):
+        raise ValueError(f"chip: model {model.name} evaluates {count} chip(s) per pass; got {chip!r} "
+                         f"(give the first chip id, or {count} ids >= 0)")
+    return chips
+
+
 @contextlib.contextmanager
-def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip: int = 0) -> Iterator[None]:
-    """Inside: the model's hardware-aware layers apply ``config`` at inference, as chip ``chip``.
+def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip: int | Sequence[int] = 0) -> Iterator[None]:
+    """Inside: the model's hardware-aware layers apply ``config`` at inference, as chip ``chip``
+    (a model with ``chips_per_pass`` P: chips ``chip .. chip + P - 1``, or P given ids).
 
     The chip seed fixes the weight deviation; output noise is fresh per forward pass but
     reproducible (each layer's pass counter restarts at 0). On exit the training levels return.
     """
     layers = hardware_layers(model)
+    chips = chip_ids(model, chip)
     for layer in layers:
         state = layer.hardware_state
         state.assign(config)
-        state.chip.assign(chip)
+        state.chips.assign(chips)
         state.calls.assign(0)
         state.evaluating.assign(True)
         state.program()
@@ -428,21 +509,23 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
             state.program()
 
 
-def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = None, chip: int | None = None) -> None:
-    """Inside :func:`hardware_evaluation`: other levels and / or another chip, then program the chip
-    once (no rebuild, no retrace). A new chip restarts the noise pass counter."""
+def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = None,
+                  chip: int | Sequence[int] | None = None) -> None:
+    """Inside :func:`hardware_evaluation`: other levels and / or other chips, then program the chips
+    once (no rebuild, no retrace). New chips restart the noise pass counter."""
+    chips = None if chip is None else chip_ids(model, chip)
     for layer in hardware_layers(model):
         state = layer.hardware_state
         if config is not None:
             state.assign(config)
-        if chip is not None:
-            state.chip.assign(chip)
+        if chips is not None:
+            state.chips.assign(chips)
             state.calls.assign(0)
         state.program()
 
 
-def set_chip(model: tf.keras.Model, chip: int) -> None:
-    """Switch to another chip inside :func:`hardware_evaluation` (no rebuild, no retrace)."""
+def set_chip(model: tf.keras.Model, chip: int | Sequence[int]) -> None:
+    """Switch to other chips inside :func:`hardware_evaluation` (no rebuild, no retrace)."""
     set_condition(model, chip=chip)
 
 
@@ -454,9 +537,11 @@ def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024)
     if any(bool(layer.hardware_state.evaluating.numpy()) for layer in layers):
         raise RuntimeError("calibrate() measures the clean outputs: call it outside hardware_evaluation()")
     probe = tf.keras.Model(model.inputs, [layer.output for layer in layers])
+    copies = chips_per_pass(model)  # every chip's part of a batch sees the same images
     ranges = {layer.name: [np.inf, -np.inf] for layer in layers}
     for start in range(0, len(images), batch_size):
-        outputs = probe(images[start : start + batch_size], training=False)
+        batch = images[start : start + batch_size]
+        outputs = probe(np.concatenate([batch] * copies) if copies > 1 else batch, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for layer, output in zip(layers, outputs):
             ranges[layer.name][0] = min(ranges[layer.name][0], float(tf.reduce_min(output)))

@@ -34,6 +34,7 @@ from pipeline.data import PreparedData
 from pipeline.perturbations import (
     attach_hardware,
     calibrate,
+    chips_per_pass,
     hardware_evaluation,
     hardware_layers,
     plain_class,
@@ -78,26 +79,70 @@ def conditions(config: RobustnessConfig) -> list[tuple[str, int, float, Perturba
     return points
 
 
+def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: RobustnessConfig) -> int:
+    """How many chips one pass evaluates (see ``RobustnessConfig.chips_per_pass``; 0 = automatic)."""
+    if config.chips_per_pass:
+        return min(config.chips_per_pass, config.chips)
+    import larq as lq
+
+    weighted = [layer for layer in model.layers if plain_class(layer) in (lq.layers.QuantDense, lq.layers.QuantConv2D)]
+    perturbed = [layer for layer in weighted if layer.name in targets]
+    dense_only = all(plain_class(layer) is lq.layers.QuantDense for layer in perturbed)
+    return config.chips if perturbed and dense_only and weighted[0] is perturbed[0] else 1
+
+
 def is_random(levels: PerturbationConfig) -> bool:
     return levels.noise_sigma > 0 or levels.weight_dev_pct > 0
 
 
-def accuracy_function(model: tf.keras.Model, batch_size: int) -> tuple[Callable[[np.ndarray, np.ndarray], float], list[int]]:
-    """A compiled accuracy(images, labels) with one trace for any batch size; and its trace counter."""
-    traces = [0]
+class CompiledAccuracy:
+    """Test accuracy of ``model``, compiled once (one trace for any batch size, level and chip).
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
-                                  tf.TensorSpec([None], tf.int64)])
-    def correct(images, labels):
-        traces[0] += 1  # Python side effect: runs only while tracing
-        predicted = tf.argmax(model(images, training=False), axis=1)
-        return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int64))
+    A model that evaluates P chips per pass (``chips_per_pass``) gets batches of P equal parts,
+    part k on chip k. :meth:`per_chip` gives every chip every image (each part the same batch of
+    ``batch_size`` images: what that chip alone would see); :meth:`one_chip` shares the images
+    among the parts -- for when every chip computes the same (clean, or a level without
+    randomness), it costs one chip's evaluation, not P.
+    """
 
-    def accuracy(images: np.ndarray, labels: np.ndarray) -> float:
-        hits = sum(int(correct(images[i : i + batch_size], labels[i : i + batch_size])) for i in range(0, len(labels), batch_size))
+    def __init__(self, model: tf.keras.Model, batch_size: int):
+        self.chips = chips_per_pass(model)
+        self.batch_size = batch_size
+        self.traces = 0
+        chips = self.chips
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
+                                      tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.bool)])
+        def correct(images, labels, stack):
+            """Hits per chip; ``stack``: give every chip all of ``images`` (else they are the parts)."""
+            self.traces += 1  # Python side effect: runs only while tracing
+            if chips > 1:
+                copies = lambda tensor: tf.tile(tensor, [chips] + [1] * (tensor.shape.rank - 1))  # noqa: E731
+                images = tf.cond(stack, lambda: copies(images), lambda: images)
+                labels = tf.cond(stack, lambda: copies(labels), lambda: labels)
+            hits = tf.cast(tf.equal(tf.argmax(model(images, training=False), axis=1), labels), tf.int64)
+            return tf.reduce_sum(tf.reshape(hits, [chips, -1]), axis=1)
+
+        self._correct = correct
+
+    def per_chip(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Accuracy of each chip of the pass on all of ``images``."""
+        hits = np.zeros(self.chips, np.int64)
+        for start in range(0, len(labels), self.batch_size):
+            hits += self._correct(images[start : start + self.batch_size], labels[start : start + self.batch_size], True).numpy()
         return hits / len(labels)
 
-    return accuracy, traces
+    def one_chip(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Accuracy on ``images`` when every chip of the pass computes the same."""
+        step = self.batch_size * self.chips
+        hits = 0
+        for start in range(0, len(labels), step):
+            batch, truth = images[start : start + step], labels[start : start + step]
+            if pad := -len(truth) % self.chips:  # equal parts; padded images count for nothing
+                batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
+                truth = np.concatenate([truth, np.full(pad, -1, truth.dtype)])
+            hits += int(self._correct(batch, truth, False).numpy().sum())
+        return hits / len(labels)
 
 
 def evaluate_robustness(
@@ -105,24 +150,30 @@ def evaluate_robustness(
 ) -> RobustnessResult:
     started = time.perf_counter()
     targets = model_targets(model, config.target.perturb_layers)
-    hardware = attach_hardware(model, PerturbationConfig(), targets)
+    side_by_side = chips_side_by_side(model, targets, config)
+    hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
     calibrate(hardware, data.images("val"))
     images, labels = data.images("test"), data.labels("test")
-    accuracy, traces = accuracy_function(hardware, config.batch_size)
-    clean = accuracy(images, labels)
+    accuracy = CompiledAccuracy(hardware, config.batch_size)
+    clean = accuracy.one_chip(images, labels)
+    first_chip = config.seed * CHIP_SEED_STRIDE
     rows = []
-    with hardware_evaluation(hardware, PerturbationConfig(), chip=0):
+    with hardware_evaluation(hardware, PerturbationConfig(), chip=first_chip):
         for effect, index, level, levels in conditions(config):
-            for chip in range(config.chips if is_random(levels) else 1):
-                set_condition(hardware, levels, config.seed * CHIP_SEED_STRIDE + chip)  # one draw per chip
-                rows.append({"effect": effect, "level_index": index, "level": level, "chip": chip,
-                             "accuracy": accuracy(images, labels)})
+            point = {"effect": effect, "level_index": index, "level": level}
+            if not is_random(levels):  # no randomness: one chip says it all
+                set_condition(hardware, levels, first_chip)
+                rows.append({**point, "chip": 0, "accuracy": accuracy.one_chip(images, labels)})
+            for start in range(0, config.chips if is_random(levels) else 0, side_by_side):
+                set_condition(hardware, levels, first_chip + start)  # programs the pass's chips once
+                for chip, chip_accuracy in enumerate(accuracy.per_chip(images, labels)[: config.chips - start], start=start):
+                    rows.append({**point, "chip": chip, "accuracy": float(chip_accuracy)})
             if progress and (effect == "target" or index == len(getattr(config, f"{effect}_grid")) - 1):
                 done = pd.DataFrame([r for r in rows if r["effect"] == effect]).groupby("level", sort=False)["accuracy"].mean()
                 progress(f"[robustness] {effect:<10} " + "  ".join(f"{lvl:g}:{100 * acc:.1f}%" for lvl, acc in done.items()))
     chips = pd.DataFrame(rows)
     curves = summarize(chips, clean, config.yield_tolerance)
-    return RobustnessResult(chips, curves, clean, summaries(curves), traces[0], time.perf_counter() - started)
+    return RobustnessResult(chips, curves, clean, summaries(curves), accuracy.traces, time.perf_counter() - started)
 
 
 def summarize(chips: pd.DataFrame, clean: float, tolerance: float) -> pd.DataFrame:
@@ -167,11 +218,11 @@ class TargetValidation(tf.keras.callbacks.Callback):
         if names != set(model_targets(self.model, self.target.perturb_layers)):
             raise ValueError(f"TargetValidation needs the trained model's hardware-aware layers {sorted(names)} to be "
                              f"the target's ({self.target.perturb_layers})")
-        self.accuracy, _ = accuracy_function(self.model, self.batch_size)
+        self.accuracy = CompiledAccuracy(self.model, self.batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
         calibrate(self.model, self.images)
         with hardware_evaluation(self.model, self.target, chip=self.chip):
-            accuracy = self.accuracy(self.images, self.labels)
+            accuracy = self.accuracy.one_chip(self.images, self.labels)
         if logs is not None:
             logs["val_target_accuracy"] = accuracy

@@ -21,8 +21,14 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     (mlp,) = [row for row in results["training_overhead"] if row["model"] == "mlp-1bit"]
     assert mlp["gaussians_per_step"] == 4 * 64 * 512
     throughput = results["robustness_throughput"]
-    assert 0 <= throughput["batching_saves_at_most"] < 1 and throughput["programming_ms"] >= 0
-    assert results["robustness_throughput"]["traces"] == 1  # levels and chips changed without retracing
+    for mode, chips in (("one_chip", 1), ("side_by_side", 5)):
+        assert throughput[mode]["chips_per_pass"] == chips and throughput[mode]["programming_ms"] >= 0
+        assert throughput[mode]["traces"] == 1  # levels and chips changed without retracing
+    # every whole evaluation gives the same table one chip per pass and side by side
+    side_by_side = results["chips_side_by_side"]
+    assert [row["same_table"] for row in side_by_side] == [True] * len(side_by_side)
+    assert {(row["model"], row["automatic_chips_per_pass"]) for row in side_by_side} == {("mlp-1bit", 2), ("cnn-1bit", 1)}
+    assert all(row["one_chip_peak_mb_added"] >= 0 and row["side_by_side_peak_mb_added"] >= 0 for row in side_by_side)
     assert results["sweep"]["complete_trials"] + 0 <= results["sweep"]["trials"]
     assert len(results["sweep"]["rss_mb_by_trial"]) >= 1
     assert "| training step" in (tmp_path / "results.md").read_text()

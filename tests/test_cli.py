@@ -31,6 +31,7 @@ from conftest import all_runs, run_cli, run_mlflow_project
         (["main", "--perturb_layers", "dense_1,dense_7"], "perturb_layers"),
         (["perturb", "--arch", "cnn", "--perturb_layers", "dense_2"], "perturb_layers"),
         (["qat", "--chips", "0"], "chips"),
+        (["qat", "--chips_per_pass", "-1"], "chips_per_pass"),
         (["qat", "--noise_grid", "0,-1"], "noise_grid"),
         (["qat", "--clip_grid", "1,0"], "clip_grid"),
         (["baseline", "--target", "missing.yaml"], "target"),

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import Arch, ConfigError, DataConfig, Dataset, ModelConfig, Source, TrainConfig, flatten
+from pipeline.config import Arch, ConfigError, DataConfig, Dataset, ModelConfig, RobustnessConfig, Source, TrainConfig, flatten
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,8 @@ from pipeline.config import Arch, ConfigError, DataConfig, Dataset, ModelConfig,
         (lambda: TrainConfig(batch_size=0), "batch_size"),
         (lambda: TrainConfig(learning_rate=0), "learning_rate"),
         (lambda: TrainConfig(learning_rate="inf"), "learning_rate"),
+        (lambda: RobustnessConfig(chips_per_pass=-1), "chips_per_pass"),
+        (lambda: RobustnessConfig(chips_per_pass="all"), "chips_per_pass"),
     ],
 )
 def test_bad_values_name_their_parameter(factory, parameter):

@@ -14,6 +14,7 @@ from pipeline.perturbations import (
     hardware_layers,
     saturate,
     set_chip,
+    set_condition,
     squares_matmul,
     standard_normal,
     strip_hardware,
@@ -294,6 +295,53 @@ def test_saturation_gradient_is_one_inside_zero_outside():
         v = values.numpy()
         np.testing.assert_array_equal(grad[(v > -1) & (v < 2)], 1.0)
         np.testing.assert_array_equal(grad[(v < -1) | (v > 2)], 0.0)
+
+
+# --------------------------------------------------------------------------- chips side by side
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch):
+    """P chips in one pass (part k of the batch on chip k) give exactly what each chip gives alone:
+    the same deviation draws, the same noise per pass, the same saturation and ADC; dense layers
+    take the quantize-once path, convolutions the Larq call per chip."""
+    tf.keras.utils.set_random_seed(5)
+    config = ModelConfig(arch=arch, bits=1, hidden_units=(48, 32))
+    plain = build_model(config)
+    first = PerturbationConfig(noise_sigma=0.4, weight_dev_pct=30, clip_mode="relative", clip_fraction=0.6, out_bits=4,
+                               perturb_layers="all")
+    second = PerturbationConfig(noise_sigma=0.2, weight_dev_pct=80, perturb_layers="all")  # a new level: draws rescaled
+    targets = first.targets(config)
+    alone = attach_hardware(plain, PerturbationConfig(), targets)
+    side_by_side = attach_hardware(plain, PerturbationConfig(), targets, chips_per_pass=3)
+    assert calibrate(side_by_side, IMAGES[:128]) == calibrate(alone, IMAGES[:128])
+    chips, batches = [11, 4, 7], [IMAGES[:40], IMAGES[40:64]]  # two passes per level: fresh noise per pass
+
+    def outputs(model, chip, copies):
+        results = []
+        with hardware_evaluation(model, first, chip=chip):
+            for level in (first, second):
+                set_condition(model, level)
+                results += [model(np.concatenate([batch] * copies), training=False).numpy() for batch in batches]
+        return results
+
+    together = outputs(side_by_side, chips, 3)
+    for index, chip in enumerate(chips):
+        for batch, joint, own in zip(batches * 2, together, outputs(alone, chip, 1)):
+            np.testing.assert_array_equal(joint[index * len(batch) : (index + 1) * len(batch)], own)
+    assert not np.array_equal(together[0][:40], together[0][40:80])  # the parts are different chips
+
+
+def test_chips_of_a_pass_are_named_and_checked():
+    plain = build_model(ModelConfig(bits=1, hidden_units=(16,)))
+    model = attach_hardware(plain, PerturbationConfig(), ("dense_1",), chips_per_pass=2)
+    with hardware_evaluation(model, PerturbationConfig(weight_dev_pct=10), chip=5):
+        assert model.get_layer("dense_1").hardware_state.chips.numpy().tolist() == [5, 6]  # the first and the next
+        with pytest.raises(ValueError, match=r"^chip: .* evaluates 2 chip\(s\) per pass"):
+            set_condition(model, chip=[1, 2, 3])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="chips_per_pass"):
+            attach_hardware(plain, PerturbationConfig(), ("dense_1",), chips_per_pass=bad)
 
 
 # --------------------------------------------------------------------------- serialization

@@ -8,7 +8,7 @@ from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, Robustn
 from pipeline.data import prepare
 from pipeline.models import build_model
 from pipeline.perturbations import attach_hardware
-from pipeline.robustness import evaluate_robustness, summarize
+from pipeline.robustness import chips_side_by_side, evaluate_robustness, model_targets, summarize
 from pipeline.training import seed_everything, train
 
 SMALL = RobustnessConfig(noise_grid="0,0.5,1", weight_dev_grid="0,50,100", clip_grid="1,0.3,0.1", chips=3,
@@ -55,6 +55,25 @@ def test_same_seed_same_table(trained, tiny_data):
     import dataclasses
     other = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, seed=1), progress=None).chips
     assert not first.accuracy.equals(other.accuracy)
+
+
+def test_chips_side_by_side_give_the_same_table(trained, tiny_data):
+    import dataclasses
+    one = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, chips_per_pass=1), progress=None)
+    two = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, chips_per_pass=2), progress=None)  # 2 + 1 padded
+    pd.testing.assert_frame_equal(one.chips, two.chips)
+    assert one.clean_accuracy == two.clean_accuracy and one.traces == two.traces == 1
+
+
+@pytest.mark.parametrize("arch, layers, automatic", [("mlp", "hidden", 5), ("mlp", "all", 5), ("mlp", "dense_out", 1),
+                                                     ("cnn", "hidden", 1), ("cnn", "all", 1)])
+def test_automatic_chips_per_pass(arch, layers, automatic):
+    """Side by side when only dense layers are perturbed, the first one included; else one at a time."""
+    model = build_model(ModelConfig(arch=arch, bits=1, hidden_units=(16,)))
+    targets = model_targets(model, layers)
+    assert chips_side_by_side(model, targets, RobustnessConfig(chips=5)) == automatic
+    assert chips_side_by_side(model, targets, RobustnessConfig(chips=5, chips_per_pass=2)) == 2  # as asked
+    assert chips_side_by_side(model, targets, RobustnessConfig(chips=3, chips_per_pass=8)) == 3  # never more than the chips
 
 
 def test_yield_counts_chips_within_tolerance():
