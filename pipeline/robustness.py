@@ -15,6 +15,9 @@ Protocol (after IBM aihwkit's: program a chip once, read it many times):
   ``robust_acc_target`` and ``robust_yield_target``.
 
 Levels and chips are variables: the whole grid runs through one traced function (no retracing).
+Several chips can share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: every
+chip of a level when only dense layers are perturbed, the first one included): the table is the
+same, bit for bit, as one chip per pass; the calls are fewer and larger.
 """
 
 from __future__ import annotations
