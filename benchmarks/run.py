@@ -34,7 +34,7 @@ from pipeline.perturbations import (
     set_condition,
     standard_normal,
 )
-from pipeline.robustness import CompiledAccuracy, evaluate_robustness, model_targets
+from pipeline.robustness import CompiledAccuracy, chips_side_by_side, evaluate_robustness, model_targets
 from pipeline.training import compile_model, seed_everything
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10}
@@ -177,11 +177,9 @@ def robustness_throughput(data, quick: bool) -> dict:
     return result
 
 
-def chips_side_by_side(data, fashion, quick: bool) -> list[dict]:
+def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
     """A whole robustness evaluation (default grids, 5 chips) one chip per pass vs side by side:
     medians over interleaved repeats, and whether the two give the same table."""
-    from pipeline.robustness import chips_side_by_side as automatic
-
     cases = [("mlp", "hidden", "mnist-bundled", data)]
     if fashion is not None:
         cases.append(("mlp", "hidden", "fashion-mnist", fashion))
@@ -201,7 +199,7 @@ def chips_side_by_side(data, fashion, quick: bool) -> list[dict]:
                 seconds[key].append(result.seconds)
                 tables[key] = result.chips
         one, side = statistics.median(seconds["one_chip"]), statistics.median(seconds["side_by_side"])
-        chosen = automatic(model, model_targets(model, layers), RobustnessConfig(chips=chips, target=target))
+        chosen = chips_side_by_side(model, model_targets(model, layers), RobustnessConfig(chips=chips, target=target))
         memory = {key: evaluation_peak_mb(arch, layers, config.chips, config.chips_per_pass, quick) if name == "mnist-bundled" else None
                   for key, config in configs.items()}
         rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "data": name, "test_images": len(dataset.y_test),
@@ -223,22 +221,15 @@ def evaluation_peak_mb(arch: str, layers: str, chips: int, chips_per_pass: int, 
 
 
 def measure_evaluation_peak(arch: str, layers: str, chips: int, chips_per_pass: int, quick: bool) -> dict:
+    from sweeps.study import resident_memory_mb
+
     data = prepare(DataConfig(source="bundled", limit=300 if quick else 0))
     seed_everything(0)
     model = build_model(ModelConfig(arch=arch, bits=1))
     target = PerturbationConfig(**{**ALL_EFFECTS.levels(), "perturb_layers": layers})
-    before = peak_resident_mb()
+    before = resident_memory_mb("VmHWM")
     evaluate_robustness(model, data, RobustnessConfig(chips=chips, target=target, chips_per_pass=chips_per_pass), progress=None)
-    return {"peak_mb_added": peak_resident_mb() - before}
-
-
-def peak_resident_mb() -> float:
-    """This process's peak resident memory (MB): ``VmHWM``, which starts afresh at ``exec`` (unlike
-    ``ru_maxrss``, which a child inherits from the parent that forked it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+    return {"peak_mb_added": resident_memory_mb("VmHWM") - before}
 
 
 def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
@@ -373,7 +364,7 @@ def main(argv=None) -> int:
     for name, step in (("training_overhead", lambda: training_overhead(data, args.quick)),
                        ("robustness_throughput", lambda: robustness_throughput(data, args.quick)),
                        ("sweep", lambda: sweep_costs(args.quick, output)),  # before the CNN side by side's memory peak
-                       ("chips_side_by_side", lambda: chips_side_by_side(data, fashion, args.quick)),
+                       ("chips_side_by_side", lambda: side_by_side_evaluations(data, fashion, args.quick)),
                        ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick))):
         print(f"[benchmark] {name} ...", flush=True)
         results[name] = step()

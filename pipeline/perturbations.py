@@ -62,7 +62,6 @@ class HardwareState:
 
     def __init__(self, config: PerturbationConfig, salt: int, kernel_shape: Sequence[int], chips_per_pass: int = 1):
         self.salt = salt  #: stable per-layer integer (CRC32 of the layer name): independent draws per layer
-        self.chips_per_pass = chips_per_pass  #: P chips evaluated side by side in one forward pass
         scalar = lambda value, dtype=tf.float32: tf.Variable(value, dtype=dtype, trainable=False)  # noqa: E731
         self.noise_sigma = scalar(0.0)
         self.noise_relative = scalar(True, tf.bool)
@@ -223,7 +222,7 @@ class HardwareAwareMixin:
         # 2. the Larq layer's own computation with the varied kernel, for each chip's part
         outputs = self._chips_call(inputs)
         # 3. output noise, seeded by the chip and the pass
-        seeds = [tf.stack([state.chips[index] * SEED_MIX + state.salt + 1, calls]) for index in range(state.chips_per_pass)]
+        seeds = [tf.stack([state.chips[index] * SEED_MIX + state.salt + 1, calls]) for index in range(self.chips_per_pass)]
         outputs = tf.cond(sigma > 0, lambda: add_noise(outputs, sigma, state.noise_relative, seeds), lambda: outputs)
         # 4. saturation and 5. ADC
         lo = tf.where(state.clip_relative, state.clip_fraction * state.calibrated_lo, state.clip_lo)
@@ -234,7 +233,7 @@ class HardwareAwareMixin:
     def _chips_call(self, inputs):
         """``x . W_chip`` for each chip's part of the batch, stacked (see :meth:`_inference_call`)."""
         state = self.hardware_state
-        count = state.chips_per_pass
+        count = self.chips_per_pass
         if count == 1:
             return self._varied_call(inputs, state.chip_factor[0])
         if not self.draws_deviation_at_outputs(inputs.shape.rank):  # convolutions: the Larq call per chip
@@ -242,7 +241,7 @@ class HardwareAwareMixin:
             return tf.concat([self._varied_call(part, state.chip_factor[index]) for index, part in enumerate(parts)], axis=0)
         # A dense layer on flat inputs: what Larq's and Keras' calls compute, with the input and the
         # kernel quantized once for every chip instead of once per chip (same operations per chip).
-        quantized = self.input_quantizer(inputs) if self.input_quantizer else inputs
+        quantized = self._quantized_inputs(inputs)
         kernel = tf.convert_to_tensor(self.kernel.latent_variable)
         kernel = self.kernel_quantizer(kernel) if self.kernel_quantizer else kernel
         parts = tf.split(quantized, count, axis=0)
@@ -259,6 +258,10 @@ class HardwareAwareMixin:
             return super().call(inputs)
         finally:
             state.kernel_factor = None
+
+    def _quantized_inputs(self, inputs):
+        """``x_q``: the inputs after the layer's input quantizer (if any), as Larq's call computes them."""
+        return self.input_quantizer(inputs) if self.input_quantizer else inputs
 
     def draws_deviation_at_outputs(self, input_rank: int) -> bool:
         """Whether training draws the weight deviation at the outputs instead of on the kernel (see
@@ -278,7 +281,7 @@ class HardwareAwareMixin:
         variance of the gradient estimate. Used in training only: at evaluation a chip stays one
         kernel draw shared by every input.
         """
-        quantized = self.input_quantizer(inputs) if self.input_quantizer else inputs
+        quantized = self._quantized_inputs(inputs)
         variance = squares_matmul(
             tf.square(quantized), tf.square(kernel), unit_magnitude(self.input_quantizer), unit_magnitude(self.kernel_quantizer)
         )
@@ -537,11 +540,13 @@ def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024)
     if any(bool(layer.hardware_state.evaluating.numpy()) for layer in layers):
         raise RuntimeError("calibrate() measures the clean outputs: call it outside hardware_evaluation()")
     probe = tf.keras.Model(model.inputs, [layer.output for layer in layers])
-    copies = chips_per_pass(model)  # every chip's part of a batch sees the same images
+    parts = chips_per_pass(model)  # outside an evaluation every part computes the same: share the images
     ranges = {layer.name: [np.inf, -np.inf] for layer in layers}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        outputs = probe(np.concatenate([batch] * copies) if copies > 1 else batch, training=False)
+        if len(batch) % parts:  # equal parts, filled up with repeats of the batch (min and max unchanged)
+            batch = np.resize(batch, (-(-len(batch) // parts) * parts, *batch.shape[1:]))
+        outputs = probe(batch, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for layer, output in zip(layers, outputs):
             ranges[layer.name][0] = min(ranges[layer.name][0], float(tf.reduce_min(output)))

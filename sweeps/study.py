@@ -117,11 +117,12 @@ class StopWhenDone:
             study.stop()
 
 
-def resident_memory_mb() -> float:
-    """This process's resident memory now (Linux /proc; 0 where unavailable)."""
+def resident_memory_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmHWM``: its peak, which starts afresh at ``exec``,
+    unlike ``ru_maxrss``; Linux /proc; 0 where unavailable)."""
     try:
         for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
