@@ -10,6 +10,7 @@ measured in one process after warm-up, medians over repeats; absolute times are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,27 +24,20 @@ import numpy as np
 import pipeline  # noqa: F401
 import tensorflow as tf
 
-from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, RobustnessConfig, TrainConfig
+from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig
 from pipeline.data import prepare
+from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Stage
+from pipeline.effects.base import standard_normal
+from pipeline.hardware import PerturbationConfig, curve_point, typical_hardware
+from pipeline.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers, set_condition
 from pipeline.models import build_model
-from pipeline.perturbations import (
-    attach_hardware,
-    calibrate,
-    hardware_evaluation,
-    hardware_layers,
-    set_condition,
-    standard_normal,
-)
 from pipeline.robustness import CompiledAccuracy, chips_side_by_side, evaluate_robustness, model_targets
 from pipeline.training import compile_model, seed_everything
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10}
 BATCH = 64  #: training batch of the step benchmark (the default batch size)
-ALL_EFFECTS = PerturbationConfig(noise_sigma=0.3, weight_dev_pct=20, clip_mode="relative", clip_fraction=0.5)
-
-
-EFFECTS = {"noise": {"noise_sigma": 0.3}, "weight_dev": {"weight_dev_pct": 20},
-           "clip": {"clip_mode": "relative", "clip_fraction": 0.5}}
+ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
+ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.levels()[effect.curve.parameter]) for effect in EFFECTS}
 
 
 def train_step_runner(model, images, labels, steps_per_round: int = 10):
@@ -82,21 +76,55 @@ def median_call_seconds(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def gaussians_per_step(model) -> int:
-    """How many N(0, 1) numbers one training step of the hardware-aware ``model`` draws."""
-    count = 0
-    for layer in hardware_layers(model):
-        outputs = int(np.prod(layer.output_shape[1:])) * BATCH
-        if layer.hardware.noise_sigma:
-            count += outputs
-        if layer.hardware.weight_dev_pct:
-            count += outputs if layer.draws_deviation_at_outputs(len(layer.input_shape)) else int(np.prod(layer.kernel.shape))
-    return count
+def draws_at_outputs(effect: Effect, layer, active_kernel_effects: list[Effect]) -> bool:
+    """Whether training draws ``effect`` at the layer's outputs (output effects; the last kernel
+    effect of a dense layer on flat inputs when it has an exact output form)."""
+    if effect.stage is Stage.OUTPUT:
+        return True
+    reparameterized = type(effect).output_variance is not Effect.output_variance
+    return reparameterized and effect is active_kernel_effects[-1] and len(layer.input_shape) == 2
 
 
-def gaussian_seconds(count: int, rounds: int) -> float:
-    """Median seconds to draw ``count`` Gaussian numbers (the RNG floor of a training step)."""
-    draw = tf.function(lambda seed: tf.reduce_sum(standard_normal([count], seed)))
+def training_draws(model) -> list[tuple[Effect, tuple[int, ...], bool, dict]]:
+    """(effect, shape, drawn at the outputs?, levels) of every random draw of one training step of ``model``."""
+    return [draw for layer in hardware_layers(model) for draw in training_draws_of(layer)]
+
+
+def training_draws_of(layer) -> list[tuple[Effect, tuple[int, ...], bool, dict]]:
+    active = [effect for effect, params in layer.hardware if params.active and effect.sampling is not Sampling.DETERMINISTIC]
+    kernel_effects = [effect for effect in active if effect in KERNEL_EFFECTS]
+    draws = []
+    for effect in active:
+        at_outputs = draws_at_outputs(effect, layer, kernel_effects)
+        shape = (BATCH, *layer.output_shape[1:]) if at_outputs else tuple(layer.kernel.shape)
+        draws.append((effect, shape, at_outputs, effect.run_levels(layer.hardware.params(effect))))
+    return draws
+
+
+def gaussians_at_outputs(model) -> int:
+    """N(0, 1) numbers a training step draws at the layers' outputs (one per output element of a
+    layer with a Gaussian output term: they are drawn as one)."""
+    return sum(int(np.prod(layer.output_shape[1:])) * BATCH for layer in hardware_layers(model)
+               if any(at_outputs for _, _, at_outputs, _ in training_draws_of(layer)))
+
+
+def draw_seconds(draws: list[tuple[Effect, tuple[int, ...], bool, dict]], rounds: int) -> float:
+    """Median seconds to make the random draws of one step, in one compiled function (the RNG floor;
+    Gaussian terms at the outputs of one layer are drawn as one, as the layer does)."""
+    def draw_all(seed):
+        total = tf.constant(0.0)
+        outputs_drawn = set()
+        for effect, shape, at_outputs, levels in draws:
+            if at_outputs and shape not in outputs_drawn:
+                outputs_drawn.add(shape)
+                total += tf.reduce_sum(standard_normal(shape, seed))
+            elif not at_outputs:
+                drawn = effect.training_draw(shape, seed, levels)
+                parts = [getattr(drawn, item.name) for item in dataclasses.fields(drawn)] if dataclasses.is_dataclass(drawn) else [drawn]
+                total += sum(tf.reduce_sum(tf.cast(part, tf.float32)) for part in parts)
+        return total
+
+    draw = tf.function(draw_all, autograph=False)
     seed = tf.constant([1, 2], tf.int64)
     empty = tf.function(lambda seed: tf.reduce_sum(tf.cast(seed, tf.float32)))  # the call overhead alone
     float(draw(seed)), float(empty(seed))  # traces
@@ -105,30 +133,30 @@ def gaussian_seconds(count: int, rounds: int) -> float:
 
 
 def training_overhead(data, quick: bool) -> list[dict]:
-    """Per-step time of the 1-bit models with all three effects (and each alone) vs the plain model."""
+    """Per-step time of the 1-bit models with every effect at once (and each alone) vs the plain model."""
     rows = []
     images, labels = tf.constant(data.images("train")[:BATCH]), tf.constant(data.labels("train")[:BATCH])
     rounds = 8 if quick else 40
     for arch, layers in (("mlp", "hidden"), ("cnn", "hidden"), ("cnn", "all")):
         config = ModelConfig(arch=arch, bits=1)
-        variants = {"plain": None, "all": ALL_EFFECTS.levels(), **EFFECTS}
+        variants = {"plain": None, "all": ALL_EFFECTS, **ONE_EFFECT}
         runners, models = {}, {}
         for name, levels in variants.items():
             seed_everything(0)
             model = build_model(config)
             if levels is not None:
-                perturbation = PerturbationConfig(**{**levels, "perturb_layers": layers})
+                perturbation = levels.replace(perturb_layers=layers)
                 model = attach_hardware(model, perturbation, perturbation.targets(config), train_seed=0)
             models[name] = model
             runners[name] = train_step_runner(model, images, labels)
         seconds = interleaved_seconds(runners, rounds)
         plain = seconds["plain"]
-        gaussians = gaussians_per_step(models["all"])
-        floor = gaussian_seconds(gaussians, rounds)
-        rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "plain_step_ms": 1000 * plain,
-                     "hardware_step_ms": 1000 * seconds["all"], "ratio": seconds["all"] / plain,
-                     **{f"{effect}_only_ratio": seconds[effect] / plain for effect in EFFECTS},
-                     "gaussians_per_step": gaussians, "gaussian_draw_ms": 1000 * floor,
+        draws = training_draws(models["all"])
+        floor = draw_seconds(draws, rounds)
+        rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "levels": ALL_EFFECTS.label,
+                     "plain_step_ms": 1000 * plain, "hardware_step_ms": 1000 * seconds["all"], "ratio": seconds["all"] / plain,
+                     "only_ratio": {effect: seconds[effect] / plain for effect in ONE_EFFECT},
+                     "gaussians_at_outputs": gaussians_at_outputs(models["all"]), "draw_ms": 1000 * floor,
                      "rng_floor_ratio": (plain + floor) / plain})
     return rows
 
@@ -143,8 +171,8 @@ def robustness_throughput(data, quick: bool) -> dict:
     repeats = 3 if quick else 10
     model.evaluate(images, labels, batch_size=1024, verbose=0)  # warm-up
     clean_seconds = median_call_seconds(lambda: model.evaluate(images, labels, batch_size=1024, verbose=0), repeats)
-    levels = [PerturbationConfig(noise_sigma=0.1 * (index % 5), weight_dev_pct=10 + 10 * (index % 4),
-                                 clip_mode="relative", clip_fraction=1 - 0.1 * (index % 6)) for index in range(repeats * 3)]
+    levels = [ALL_EFFECTS.replace(**{effect.curve.parameter: effect.curve.grid[1 + (index + k) % (len(effect.curve.grid) - 1)]
+                                     for k, effect in enumerate(EFFECTS)}) for index in range(repeats * 3)]
     result = {"images": len(labels), "clean_evaluate_images_per_s": len(labels) / clean_seconds}
     for chips in (1, 5):
         hardware = attach_hardware(model, PerturbationConfig(), model_targets(model, "hidden"), chips_per_pass=chips)
@@ -188,7 +216,7 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
     for arch, layers, name, dataset in cases:
         seed_everything(0)
         model = build_model(ModelConfig(arch=arch, bits=1))
-        target = PerturbationConfig(**{**ALL_EFFECTS.levels(), "perturb_layers": layers})
+        target = ALL_EFFECTS.replace(perturb_layers=layers)
         chips = 2 if quick else 5
         configs = {"one_chip": RobustnessConfig(chips=chips, target=target, chips_per_pass=1),
                    "side_by_side": RobustnessConfig(chips=chips, target=target, chips_per_pass=chips)}
@@ -226,7 +254,7 @@ def measure_evaluation_peak(arch: str, layers: str, chips: int, chips_per_pass: 
     data = prepare(DataConfig(source="bundled", limit=300 if quick else 0))
     seed_everything(0)
     model = build_model(ModelConfig(arch=arch, bits=1))
-    target = PerturbationConfig(**{**ALL_EFFECTS.levels(), "perturb_layers": layers})
+    target = ALL_EFFECTS.replace(perturb_layers=layers)
     before = resident_memory_mb("VmHWM")
     evaluate_robustness(model, data, RobustnessConfig(chips=chips, target=target, chips_per_pass=chips_per_pass), progress=None)
     return {"peak_mb_added": resident_memory_mb("VmHWM") - before}
@@ -296,17 +324,18 @@ def machine() -> dict:
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']['cores']} cores, {results['machine']['platform']}, TensorFlow "
              f"{results['machine']['tensorflow']}, {'quick' if results['quick'] else 'full'} run.", ""]
-    lines += ["| training step (1-bit, batch 64) | perturbed layers | plain ms | all three effects ms | ratio (target <= 1.15) "
-              "| noise only | deviation only | clipping only | Gaussian numbers per step | their draw ms | RNG floor ratio |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    effects = list(results["training_overhead"][0]["only_ratio"])
+    lines += [f"Every effect at once: `{results['training_overhead'][0]['levels']}` (each at the middle of its default curve).", "",
+              "| training step (1-bit, batch 64) | perturbed layers | plain ms | every effect ms | ratio (target <= 1.15) | "
+              + " | ".join(f"{name} only" for name in effects) + " | Gaussians at the outputs per step | random draws ms | RNG floor ratio |",
+              "|" + "---|" * (9 + len(effects))]
     for row in results["training_overhead"]:
         lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['plain_step_ms']:.2f} | {row['hardware_step_ms']:.2f} | "
-                     f"{row['ratio']:.2f}x | {row['noise_only_ratio']:.2f}x | {row['weight_dev_only_ratio']:.2f}x | "
-                     f"{row['clip_only_ratio']:.2f}x | {row['gaussians_per_step']:,} | {row['gaussian_draw_ms']:.2f} | "
-                     f"{row['rng_floor_ratio']:.2f}x |")
+                     f"{row['ratio']:.2f}x | " + " | ".join(f"{row['only_ratio'][name]:.2f}x" for name in effects)
+                     + f" | {row['gaussians_at_outputs']:,} | {row['draw_ms']:.2f} | {row['rng_floor_ratio']:.2f}x |")
     r = results["robustness_throughput"]
     one, side = r["one_chip"], r["side_by_side"]
-    lines += ["", "| robustness evaluation (1-bit MLP, hidden layers, all effects, a new level every pass, programming included) "
+    lines += ["", "| robustness evaluation (1-bit MLP, hidden layers, every effect, a new level every pass, programming included) "
               "| images/s | ratio (target >= 0.8) | traces |", "|---|---|---|---|",
               f"| clean `model.evaluate` | {r['clean_evaluate_images_per_s']:,.0f} | 1.00 | - |",
               f"| one chip per pass | {one['images_per_s']:,.0f} | {one['ratio']:.2f} | {one['traces']} for {one['conditions_evaluated']} conditions |",

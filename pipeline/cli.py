@@ -1,94 +1,107 @@
 """Entry points: ``python -m pipeline.cli <stage> --param value ...`` (what MLproject runs).
 
-Parameters are parsed as text and validated by the config objects, so every bad value gets
-one line naming the parameter and what is allowed, exit code 2, before data is loaded,
-TensorFlow is imported or a run is written to.
+The arguments are derived from the config dataclasses (a ``--<field>`` per field, its docstring
+as help) and from the effect registry (every effect's parameters and its ``--<effect>_grid``), so
+each parameter is declared once. Values are parsed as text and validated by the config objects:
+every bad value -- and every unknown parameter -- gets one line naming it and what is allowed,
+exit code 2, before data is loaded, TensorFlow is imported or a run is written to.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
 import os
+import re
 import signal
 import sys
+import textwrap
+from pathlib import Path
 from typing import Callable, Sequence
 
-from pathlib import Path
-
-from pipeline.config import (
-    TARGET_HARDWARE_FILE,
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    PerturbationConfig,
-    RobustnessConfig,
-    TrainConfig,
-    load_target_hardware,
-)
+from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig, as_text
+from pipeline.effects import EFFECTS, PARAMETERS
+from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, load_target_hardware
+from pipeline.validation import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (units, default, what is allowed): the help text."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    return {node.target.id: plain_text(following.value.value)
+            for node, following in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)}
+
+
+def plain_text(docstring: str) -> str:
+    """A field docstring as one line of terminal text (reStructuredText markup dropped)."""
+    return re.sub(r":\w+:`~?([^`]*)`", r"\1", " ".join(docstring.split())).replace("``", "")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = (),
+                         defaults: dict | None = None, not_given: bool = False) -> None:
+    """``--<field>`` for every field of the dataclass ``cls``, as text, with its docstring as help.
+
+    ``not_given``: every default is empty ("not given"); the config decides what that means."""
+    group = parser.add_argument_group(title)
+    helps = field_help(cls)
+    for item in dataclasses.fields(cls):
+        if item.name in skip:
+            continue
+        default = "" if not_given else (defaults or {}).get(item.name, default_of(item))
+        text = "" if default is None else as_text(default)
+        help_text = f"{helps.get(item.name, '')} [default: {text or 'not given'}]".replace("%", "%%")
+        group.add_argument(f"--{item.name}", default=text, help=help_text)
+
+
+def default_of(item: dataclasses.Field):
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+
+
+def given(args: argparse.Namespace, cls: type, skip: Sequence[str] = ()) -> dict:
+    """The fields of ``cls`` found in ``args`` with a value (empty text = not given: the config's default)."""
+    names = {item.name for item in dataclasses.fields(cls)} - set(skip)
+    return {name: value for name, value in vars(args).items() if name in names and value != ""}
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = DataConfig()
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=defaults.dataset.value, help="mnist | fashion_mnist")
-    group.add_argument("--source", default=defaults.source.value, help="auto | keras | bundled | path")
-    group.add_argument("--data_path", default="", help="with source=path: .npz file or directory of IDX files")
-    group.add_argument("--val_fraction", default=str(defaults.val_fraction))
-    group.add_argument("--test_fraction", default=str(defaults.test_fraction), help="used when no official test split")
-    group.add_argument("--limit", default=str(defaults.limit), help="at most this many images per split; 0 = all")
-    group.add_argument("--seed", default=str(defaults.seed), help="seed of splits, initialisation and training")
+    add_config_arguments(parser, DataConfig, "data")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, bits_default: int | None) -> None:
-    defaults = ModelConfig()
-    group = parser.add_argument_group("model")
-    group.add_argument("--arch", default=defaults.arch.value, help="mlp | cnn")
-    if bits_default is not None:
-        group.add_argument("--bits", default=str(bits_default), help="1 = binarized, 2..8 = DoReFa k-bit")
-    group.add_argument("--hidden_units", default=",".join(map(str, defaults.hidden_units)), help="MLP widths, e.g. 512,512")
+    add_config_arguments(parser, ModelConfig, "model", skip=() if bits_default else ("bits",), defaults={"bits": bits_default})
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
-    group = parser.add_argument_group("training")
-    group.add_argument("--epochs", default=str(defaults.epochs))
-    group.add_argument("--batch_size", default=str(defaults.batch_size))
-    group.add_argument("--learning_rate", default=str(defaults.learning_rate))
-
-
-PERTURBATION_PARAMETERS = ("noise_sigma", "noise_mode", "weight_dev_pct", "clip_mode", "clip_min", "clip_max",
-                           "clip_fraction", "out_bits", "perturb_layers")
+    add_config_arguments(parser, TrainConfig, "training", skip=("seed",))  # one --seed: the data's
 
 
 def add_perturbation_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "hardware model for training (all empty: the target hardware's levels, see --target)")
-    group.add_argument("--noise_sigma", default="", help="output noise std, relative to the clean output RMS (>= 0)")
-    group.add_argument("--noise_mode", default="", help="relative (default) | absolute (accumulator units)")
-    group.add_argument("--weight_dev_pct", default="", help="process variation: std of the weight deviation, percent")
-    group.add_argument("--clip_mode", default="", help="none | absolute | relative; empty = inferred from the clip values")
-    group.add_argument("--clip_min", default="", help="absolute saturation: lower bound, accumulator units")
-    group.add_argument("--clip_max", default="", help="absolute saturation: upper bound, accumulator units")
-    group.add_argument("--clip_fraction", default="", help="relative saturation: fraction of the clean range, (0, 1]")
-    group.add_argument("--out_bits", default="", help="ADC bits after saturation (1..16); empty = no ADC")
-    group.add_argument("--perturb_layers", default="", help="hidden | dense | all | comma-separated layer names")
+    """Every effect's parameters (``pipeline/effects``), and ``perturb_layers``; not given: the target's levels."""
+    title = "hardware model for training (none given: the target hardware's levels, see --target)"
+    for effect in EFFECTS:
+        add_config_arguments(parser, effect.params, f"{title}: {effect.name}", not_given=True)
+        title = "hardware model for training"
+    parser.add_argument("--perturb_layers", default="", help="hidden | dense | all | comma-separated layer names")
 
 
 def add_robustness_arguments(parser: argparse.ArgumentParser, with_target: bool = True) -> None:
-    defaults = RobustnessConfig()
-    group = parser.add_argument_group("robustness evaluation")
+    add_config_arguments(parser, RobustnessConfig, "robustness evaluation", skip=("grids", "target", "seed", "batch_size"))
+    group = parser.add_argument_group("robustness curves (one per effect)")
+    for effect in EFFECTS:
+        grid = as_text(effect.curve.grid)
+        group.add_argument(f"--{effect.name}_grid", default=grid,
+                           help=f"levels of {effect.curve.parameter} on the {effect.name} curve: {effect.curve.label} "
+                                f"[default: {grid}]".replace("%", "%%"))
     if with_target:
-        group.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels")
-    group.add_argument("--chips", default=str(defaults.chips), help="Monte-Carlo chips per level")
-    group.add_argument("--chips_per_pass", default=str(defaults.chips_per_pass),
-                       help="chips evaluated side by side in one pass (same numbers); 0 = automatic")
-    group.add_argument("--yield_tolerance", default=str(defaults.yield_tolerance), help="0.01 = 1 accuracy point")
-    group.add_argument("--noise_grid", default=",".join(map(str, defaults.noise_grid)))
-    group.add_argument("--weight_dev_grid", default=",".join(map(str, defaults.weight_dev_grid)))
-    group.add_argument("--clip_grid", default=",".join(map(str, defaults.clip_grid)))
+        parser.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels")
 
 
 def resolve_project_file(path: str) -> Path:
@@ -100,34 +113,24 @@ def resolve_project_file(path: str) -> Path:
 
 
 def robustness_config(args: argparse.Namespace, target: PerturbationConfig | None = None) -> RobustnessConfig:
-    return RobustnessConfig(
-        noise_grid=args.noise_grid, weight_dev_grid=args.weight_dev_grid, clip_grid=args.clip_grid,
-        target=target or load_target_hardware(resolve_project_file(args.target)), chips=args.chips,
-        chips_per_pass=args.chips_per_pass, yield_tolerance=args.yield_tolerance, seed=getattr(args, "seed", 0),
-    )
+    grids = {effect.name: getattr(args, f"{effect.name}_grid") for effect in EFFECTS}
+    return RobustnessConfig(**given(args, RobustnessConfig, skip=("grids", "target")), grids=grids,
+                            target=target or load_target_hardware(resolve_project_file(args.target)))
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     from sweeps.config import SweepConfig
 
-    defaults = SweepConfig()
-    group = parser.add_argument_group("sweep")
-    group.add_argument("--n_trials", default=str(defaults.n_trials), help="finished trials the study should hold")
-    group.add_argument("--timeout", default="0", help="seconds after which no new trial starts (0 = none)")
-    group.add_argument("--study_name", default="", help="Optuna study; same name + storage resumes it")
-    group.add_argument("--storage", default="", help="Optuna storage URL; default: optuna.db next to the MLflow store")
-    group.add_argument("--space", default=defaults.space, help="search-space YAML (names the target hardware)")
-    group.add_argument("--objective", default=defaults.objective.value, help="target | pareto")
-    group.add_argument("--compare", default="true", help="compare the best trial with plain baseline and QAT")
+    add_config_arguments(parser, SweepConfig, "sweep")
 
 
 def perturbation_config(args: argparse.Namespace, target: PerturbationConfig) -> PerturbationConfig:
     """The training levels: those given, or the target hardware's when none is given."""
-    given = {name: getattr(args, name) for name in PERTURBATION_PARAMETERS if getattr(args, name) != ""}
-    if not given:
+    levels = {name: getattr(args, name) for name in (*PARAMETERS, "perturb_layers") if getattr(args, name) != ""}
+    if not levels:
         return target
-    given.setdefault("perturb_layers", target.perturb_layers)
-    return PerturbationConfig.from_text(**given)
+    levels.setdefault("perturb_layers", target.perturb_layers)
+    return PerturbationConfig.from_text(**levels)
 
 
 def hardware_configs(
@@ -144,18 +147,15 @@ def hardware_configs(
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(
-        dataset=args.dataset, source=args.source, data_path=args.data_path, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, limit=args.limit, seed=args.seed,
-    )
+    return DataConfig(**given(args, DataConfig))
 
 
 def model_config(args: argparse.Namespace, bits: object) -> ModelConfig:
-    return ModelConfig(arch=args.arch, bits=bits, hidden_units=args.hidden_units)
+    return ModelConfig(**{**given(args, ModelConfig), "bits": bits})
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
+    return TrainConfig(**given(args, TrainConfig))
 
 
 def qat_model_config(args: argparse.Namespace) -> ModelConfig:
@@ -223,8 +223,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     from sweeps.space import levels_from, load_space
 
     data_cfg, model_cfg, train_cfg = data_config(args), model_config(args, args.bits), train_config(args)
-    sweep_cfg = SweepConfig(n_trials=args.n_trials, timeout=args.timeout, study_name=args.study_name,
-                            storage=args.storage, space=args.space, objective=args.objective, compare=args.compare)
+    sweep_cfg = SweepConfig(**given(args, SweepConfig))
     space = load_space(resolve_project_file(sweep_cfg.space))
     robust_cfg = robustness_config(args, target=space.target)
     space.target.targets(model_cfg)
@@ -240,7 +239,7 @@ def run_sweep(args: argparse.Namespace) -> None:
 
 
 def run_cleanup(args: argparse.Namespace) -> None:
-    from pipeline.config import require_float
+    from pipeline.validation import require_float
 
     stale_hours = require_float("stale_hours", args.stale_hours, 0.0, None, low_inclusive=False)
     from pipeline import tracking
@@ -316,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reject_unknown(args: argparse.Namespace, unknown: Sequence[str]) -> None:
+    """No parameter is silently ignored (``mlflow run`` passes undeclared ``-P key=value`` on as ``--key value``)."""
+    if unknown:
+        flags = [token for token in unknown if token.startswith("--")] or list(unknown)
+        name = flags[0].lstrip("-").split("=")[0]
+        known = ", ".join(sorted(key for key in vars(args) if key not in ("command", "handler")))
+        raise ConfigError(name, f"unknown parameter of `{args.command}`; known: {known}")
+
+
 def raise_on_sigterm(signum, frame):  # noqa: ARG001
     """SIGTERM unwinds like Ctrl-C: open runs end KILLED and a running Optuna trial is marked failed."""
     raise KeyboardInterrupt(f"signal {signum}")
@@ -325,8 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, raise_on_sigterm)
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
     try:
+        reject_unknown(args, unknown)
         args.handler(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

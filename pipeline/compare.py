@@ -6,6 +6,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from pipeline.effects import EFFECTS
+
+ROBUSTNESS_COLUMNS = (*(f"robust_auc_{effect.name}" for effect in EFFECTS), "robust_acc_target", "robust_yield_target")
 COLUMNS = {
     "model": "model",
     "stage": "stage",
@@ -18,14 +21,11 @@ COLUMNS = {
     "training_seconds": "training time (s)",
     "model_parameters": "parameters",
     "epochs": "epochs",
-    "robust_auc_noise": "AUC noise",
-    "robust_auc_weight_dev": "AUC weight dev.",
-    "robust_auc_clip": "AUC clip",
+    **{f"robust_auc_{effect.name}": f"AUC {effect.name}" for effect in EFFECTS},
     "robust_acc_target": "target accuracy",
     "robust_yield_target": "target yield",
     "run_id": "run id",
 }
-ROBUSTNESS_COLUMNS = ("robust_auc_noise", "robust_auc_weight_dev", "robust_auc_clip", "robust_acc_target", "robust_yield_target")
 
 
 def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:

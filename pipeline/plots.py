@@ -63,31 +63,30 @@ def comparison_figure(rows: Sequence[Mapping[str, float | str]]) -> Figure:
     return figure
 
 
-CURVE_EFFECTS = (
-    ("noise", "output noise sigma (x RMS of clean output)"),
-    ("weight_dev", "weight deviation (%)"),
-    ("clip", "saturation: fraction of clean output range"),
-)
-
-
 def robustness_figure(curves_by_model: Mapping[str, "pd.DataFrame"], title: str) -> Figure:
     """Accuracy vs perturbation strength, one panel per effect: the mean over chips with a band
     from the worst to the best chip, and each model's target-condition mean as a dotted line."""
-    figure = Figure(figsize=(14, 4.2))
-    panels = figure.subplots(1, len(CURVE_EFFECTS), sharey=True)
+    from pipeline.effects import EFFECTS
+
+    figure = Figure(figsize=(4.4 * len(EFFECTS), 4.2))
+    panels = figure.subplots(1, len(EFFECTS), sharey=True)
     for color, (label, curves) in zip((f"C{i}" for i in range(10)), curves_by_model.items()):
         target = curves.loc[curves.effect == "target", "acc_mean"]
-        for axes, (effect, xlabel) in zip(panels, CURVE_EFFECTS):
-            curve = curves.loc[curves.effect == effect].sort_values("level")
+        for axes, effect in zip(panels, EFFECTS):
+            curve = curves.loc[curves.effect == effect.name].sort_values("level")
             levels = curve["level"].to_numpy()
             axes.plot(levels, 100 * curve["acc_mean"], "-o", color=color, markersize=3, label=label)
             axes.fill_between(levels, 100 * curve["acc_min"], 100 * curve["acc_max"], color=color, alpha=0.2)
             if len(target):
                 axes.axhline(100 * float(target.iloc[0]), color=color, linestyle=":", linewidth=1)
-            axes.set(xlabel=xlabel)
-            axes.grid(alpha=0.3)
-            if effect == "clip":
-                axes.invert_xaxis()  # stronger saturation to the right
+    for axes, effect in zip(panels, EFFECTS):
+        axes.set(xlabel=effect.curve.label)
+        axes.grid(alpha=0.3)
+        if effect.curve.log:  # symmetric-log: the grid may hold 0
+            positive = [level for level in effect.curve.grid if level > 0]
+            axes.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+        if effect.curve.stronger_when_smaller:
+            axes.invert_xaxis()  # the stronger effect to the right
     panels[0].set_ylabel("test accuracy (%)  [band: min..max over chips]")
     panels[0].legend(title="dotted: target condition", fontsize=8, title_fontsize=8)
     figure.suptitle(title)

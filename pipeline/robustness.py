@@ -4,11 +4,11 @@ Protocol (after IBM aihwkit's: program a chip once, read it many times):
 
 * The model is copied with its targeted layers hardware-aware (:func:`attach_hardware`), and each
   layer's clean output range is calibrated on the validation split (for relative clipping).
-* One-factor curves -- ``noise`` (relative sigma), ``weight_dev`` (percent), ``clip`` (fraction of
-  the calibrated range) -- plus the ``target`` condition (every effect at the target hardware's
-  levels). Each level is evaluated on K chips: chip ``c`` is a seeded draw of the weight deviation
-  (the same chip ``c`` at every level) with seeded, fresh-per-batch output noise. Levels without
-  randomness (pure clipping) are evaluated once.
+* One-factor curves, one per effect of the registry (``pipeline/effects``: its grid, every other
+  effect off) -- plus the ``target`` condition (every effect at the target hardware's levels).
+  Each level is evaluated on K chips: chip ``c`` is a seeded draw of every per-chip effect (the
+  same chip ``c`` at every level) with seeded, fresh-per-batch per-pass effects. Levels without
+  randomness (pure saturation) are evaluated once.
 * Per level: mean, std, min and 5th percentile of test accuracy over chips, and the **yield**:
   the fraction of chips whose accuracy is at least ``clean - yield_tolerance``.
 * Summaries: ``robust_auc_<effect>`` = mean accuracy over the effect's grid (in [0, 1]),
@@ -32,9 +32,11 @@ import pandas as pd
 import pipeline  # noqa: F401
 import tensorflow as tf
 
-from pipeline.config import ClipMode, PerturbationConfig, RobustnessConfig, select_layers
+from pipeline.config import RobustnessConfig
 from pipeline.data import PreparedData
-from pipeline.perturbations import (
+from pipeline.effects import EFFECTS, Sampling
+from pipeline.hardware import PerturbationConfig, curve_point, select_layers
+from pipeline.chips import (
     attach_hardware,
     calibrate,
     chips_per_pass,
@@ -44,9 +46,6 @@ from pipeline.perturbations import (
     set_condition,
 )
 
-EFFECTS = ("noise", "weight_dev", "clip")
-LEVEL_UNITS = {"noise": "sigma (x RMS of clean output)", "weight_dev": "weight deviation (%)",
-               "clip": "clip fraction of clean range", "target": "target hardware"}
 CHIP_SEED_STRIDE = 10_007
 
 
@@ -70,16 +69,10 @@ def model_targets(model: tf.keras.Model, perturb_layers: str) -> tuple[str, ...]
 
 
 def conditions(config: RobustnessConfig) -> list[tuple[str, int, float, PerturbationConfig]]:
-    """(effect, level index, level, levels) for every point of the grids, then the target condition."""
-    points = []
-    for index, sigma in enumerate(config.noise_grid):
-        points.append(("noise", index, sigma, PerturbationConfig(noise_sigma=sigma)))
-    for index, pct in enumerate(config.weight_dev_grid):
-        points.append(("weight_dev", index, pct, PerturbationConfig(weight_dev_pct=pct)))
-    for index, fraction in enumerate(config.clip_grid):
-        points.append(("clip", index, fraction, PerturbationConfig(clip_mode=ClipMode.RELATIVE, clip_fraction=fraction)))
-    points.append(("target", 0, 1.0, config.target))
-    return points
+    """(effect, level index, level, hardware) for every point of every effect's curve, then the target condition."""
+    points = [(effect.name, index, level, curve_point(effect, level))
+              for effect in EFFECTS for index, level in enumerate(config.grids[effect.name])]
+    return [*points, ("target", 0, 1.0, config.target)]
 
 
 def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: RobustnessConfig) -> int:
@@ -95,7 +88,8 @@ def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: 
 
 
 def is_random(levels: PerturbationConfig) -> bool:
-    return levels.noise_sigma > 0 or levels.weight_dev_pct > 0
+    """Whether any active effect of ``levels`` draws random numbers (else one chip says it all)."""
+    return any(params.active and effect.sampling is not Sampling.DETERMINISTIC for effect, params in levels)
 
 
 class CompiledAccuracy:
@@ -171,7 +165,7 @@ def evaluate_robustness(
                 set_condition(hardware, levels, first_chip + start)  # programs the pass's chips once
                 for chip, chip_accuracy in enumerate(accuracy.per_chip(images, labels)[: config.chips - start], start=start):
                     rows.append({**point, "chip": chip, "accuracy": float(chip_accuracy)})
-            if progress and (effect == "target" or index == len(getattr(config, f"{effect}_grid")) - 1):
+            if progress and (effect == "target" or index == len(config.grids[effect]) - 1):
                 done = pd.DataFrame([r for r in rows if r["effect"] == effect]).groupby("level", sort=False)["accuracy"].mean()
                 progress(f"[robustness] {effect:<10} " + "  ".join(f"{lvl:g}:{100 * acc:.1f}%" for lvl, acc in done.items()))
     chips = pd.DataFrame(rows)
@@ -194,7 +188,7 @@ def summarize(chips: pd.DataFrame, clean: float, tolerance: float) -> pd.DataFra
 
 
 def summaries(curves: pd.DataFrame) -> dict[str, float]:
-    result = {f"robust_auc_{effect}": float(curves.loc[curves.effect == effect, "acc_mean"].mean()) for effect in EFFECTS}
+    result = {f"robust_auc_{effect.name}": float(curves.loc[curves.effect == effect.name, "acc_mean"].mean()) for effect in EFFECTS}
     target = curves.loc[curves.effect == "target"].iloc[0]
     result["robust_acc_target"] = float(target["acc_mean"])
     result["robust_yield_target"] = float(target["yield"])

@@ -15,11 +15,12 @@ import pipeline  # noqa: F401
 import tensorflow as tf
 
 from pipeline import compare, data as data_module, plots, tracking
-from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, RobustnessConfig, TrainConfig, flatten
+from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig, flatten
+from pipeline.hardware import PerturbationConfig
 from pipeline.data import PreparedData
 from pipeline.evaluation import evaluate
 from pipeline.models import build_model
-from pipeline.perturbations import attach_hardware, strip_hardware
+from pipeline.chips import attach_hardware, strip_hardware
 from pipeline.robustness import evaluate_robustness
 from pipeline.size import TFLITE_SKIPPED, convert_to_tflite, larq_summary, size_report
 from pipeline.training import graph_memory_released, seed_everything, train

@@ -75,5 +75,23 @@ def run_mlflow_project(entry_point: str, params: dict, timeout: int = 900) -> su
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def short_grids(levels: int) -> dict[str, str]:
+    """``<effect>_grid`` parameters: every effect of the registry on ``levels`` of its default
+    levels, the weakest and the strongest included (short robustness evaluations for tests)."""
+    from pipeline.effects import EFFECTS
+
+    grids = {}
+    for effect in EFFECTS:
+        grid = effect.curve.grid
+        picked = sorted({round(i * (len(grid) - 1) / (levels - 1)) for i in range(levels)})
+        grids[f"{effect.name}_grid"] = ",".join(f"{grid[i]:g}" for i in picked)
+    return grids
+
+
+def as_flags(params: dict[str, str]) -> list[str]:
+    """``{"a": "1"}`` as ``["--a", "1"]``."""
+    return [item for key, value in params.items() for item in (f"--{key}", str(value))]
+
+
 def assert_close_rows(a: np.ndarray, b: np.ndarray) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import PROJECT_ROOT
+from pipeline.effects import EFFECTS
 
 
 @pytest.mark.slow
@@ -17,9 +18,11 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert {row["model"] for row in results["training_overhead"]} == {"mlp-1bit", "cnn-1bit"}
     assert all(row["ratio"] > 0 and row["rng_floor_ratio"] >= 1 for row in results["training_overhead"])
-    # the 784-512-512 MLP, hidden layers: noise and (drawn at the outputs) deviation, 64 x 512 each per layer
+    # the 784-512-512 MLP, hidden layers: noise and deviation (drawn at the outputs) as one Gaussian,
+    # 64 x 512 per layer
     (mlp,) = [row for row in results["training_overhead"] if row["model"] == "mlp-1bit"]
-    assert mlp["gaussians_per_step"] == 4 * 64 * 512
+    assert mlp["gaussians_at_outputs"] == 2 * 64 * 512 and mlp["draw_ms"] >= 0
+    assert set(mlp["only_ratio"]) == {effect.name for effect in EFFECTS}
     throughput = results["robustness_throughput"]
     for mode, chips in (("one_chip", 1), ("side_by_side", 5)):
         assert throughput[mode]["chips_per_pass"] == chips and throughput[mode]["programming_ms"] >= 0

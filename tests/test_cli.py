@@ -35,6 +35,9 @@ from conftest import all_runs, run_cli, run_mlflow_project
         (["qat", "--noise_grid", "0,-1"], "noise_grid"),
         (["qat", "--clip_grid", "1,0"], "clip_grid"),
         (["baseline", "--target", "missing.yaml"], "target"),
+        (["qat", "--weight_dev_grid", "0,2000"], "weight_dev_grid"),
+        (["main", "--voltage", "3"], "voltage"),
+        (["qat", "--noise_sigma", "0.3"], "noise_sigma"),  # qat trains plainly: no training levels
         (["evaluate"], "model_uri"),
         (["evaluate", "--run_id", "0123456789abcdef0123456789abcdef"], "run_id"),
     ],
@@ -60,7 +63,8 @@ def test_corrupt_data_file_fails_before_training(tracking_store, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "params, message",
-    [({"bits": "12"}, "error: bits:"), ({"source": "path", "data_path": "/nope"}, "error: data_path:")],
+    [({"bits": "12"}, "error: bits:"), ({"source": "path", "data_path": "/nope"}, "error: data_path:"),
+     ({"voltage": "3"}, "error: voltage: unknown parameter of `main`; known: ")],  # passed on as --voltage 3
 )
 def test_bad_input_through_mlflow_run_leaves_a_failed_run(tracking_store, params, message):
     result = run_mlflow_project("main", params)

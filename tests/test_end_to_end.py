@@ -3,12 +3,10 @@
 import mlflow
 import pytest
 
-from conftest import all_runs, run_cli, run_mlflow_project
+from conftest import all_runs, run_cli, run_mlflow_project, short_grids
+from pipeline.compare import ROBUSTNESS_COLUMNS as ROBUSTNESS_METRICS
 
-TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2,
-        "noise_grid": "0,0.5,1", "weight_dev_grid": "0,50,100", "clip_grid": "1,0.25,0.05"}
-ROBUSTNESS_METRICS = ("robust_auc_noise", "robust_auc_weight_dev", "robust_auc_clip", "robust_acc_target",
-                      "robust_yield_target")
+TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2, **short_grids(3)}
 
 
 def runs_by_stage(uri):
@@ -35,7 +33,7 @@ def test_main_entry_point(tracking_store):
 
     baseline, qat, perturb = stages["baseline"][0].data, stages["qat"][0].data, stages["perturb"][0].data
     # The perturbation-aware model trains at the target hardware's levels by default.
-    assert stages["perturb"][0].info.run_name == "perturb-mlp-1bit-s0.30-d20-c0.50"
+    assert stages["perturb"][0].info.run_name == "perturb-mlp-1bit-d20-s0.30-c0.50"
     assert perturb.params["perturb.noise_sigma"] == "0.3" and perturb.tags["perturbed_layers"] == "dense_1,dense_2"
     for run in (baseline, qat, perturb):
         for metric in ROBUSTNESS_METRICS:
@@ -107,18 +105,17 @@ def test_perturb_and_evaluate_entry_points(tracking_store):
     assert trained.returncode == 0, trained.stderr[-3000:]
     perturb = runs_by_stage(tracking_store)["perturb"][0]
     assert perturb.info.status == "FINISHED"
-    assert perturb.info.run_name == "perturb-mlp-1bit-s0.20-d10-c[-40,40]-adc6"
+    assert perturb.info.run_name == "perturb-mlp-1bit-d10-s0.20-c[-40,40]-adc6"
     assert perturb.data.params["perturb.clip_mode"] == "absolute"
 
     # The logged model reloads with its hardware configuration.
-    from pipeline.perturbations import HardwareAwareQuantDense
+    from pipeline.layers import HardwareAwareQuantDense
 
     model = mlflow.tensorflow.load_model(perturb.data.tags["model_uri"])
     layer = model.get_layer("dense_1")
     assert isinstance(layer, HardwareAwareQuantDense) and layer.hardware.out_bits == 6 and layer.hardware.clip_max == 40
 
-    evaluated = run_mlflow_project("evaluate", {"run_id": perturb.info.run_id, "chips": 2, "noise_grid": "0,1",
-                                                "weight_dev_grid": "0,100", "clip_grid": "1,0.1"})
+    evaluated = run_mlflow_project("evaluate", {"run_id": perturb.info.run_id, "chips": 2, **short_grids(2)})
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     evaluation = runs_by_stage(tracking_store)["evaluate"][0]
     assert evaluation.info.status == "FINISHED"

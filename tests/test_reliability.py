@@ -10,11 +10,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT, all_runs, run_cli
+from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, short_grids
 from services import free_port, mlflow_server, postgres
 
 TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--source", "bundled",
-        "--noise_grid", "0,0.5,1", "--weight_dev_grid", "0,50,100", "--clip_grid", "1,0.3,0.1"]
+        *as_flags(short_grids(3))]
 LONG = ["--limit", "400", "--epochs", "200", "--hidden_units", "256", "--source", "bundled"]
 
 
@@ -77,7 +77,7 @@ def test_tracking_lost_mid_run_is_loud_and_keeps_the_model(tmp_path):
     assert "MLflow logging failed" in stderr and "the trained model is saved at" in stderr
     saved = list((tmp_path / "rescued").glob("*/model.keras"))
     assert len(saved) == 1 and str(saved[0]) in stderr
-    import pipeline.perturbations  # noqa: F401  (registers Larq's and our layers)
+    import pipeline.layers  # noqa: F401  (registers Larq's and our layers)
     import tensorflow as tf
 
     model = tf.keras.models.load_model(saved[0])

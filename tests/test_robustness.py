@@ -4,15 +4,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import DataConfig, ModelConfig, PerturbationConfig, RobustnessConfig, TrainConfig
+from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig
 from pipeline.data import prepare
+from pipeline.effects import EFFECTS, Sampling, effect_named
+from pipeline.hardware import PerturbationConfig, curve_point
+from pipeline.chips import attach_hardware
 from pipeline.models import build_model
-from pipeline.perturbations import attach_hardware
 from pipeline.robustness import chips_side_by_side, evaluate_robustness, model_targets, summarize
 from pipeline.training import seed_everything, train
 
-SMALL = RobustnessConfig(noise_grid="0,0.5,1", weight_dev_grid="0,50,100", clip_grid="1,0.3,0.1", chips=3,
+#: every effect of the registry at its weakest and strongest default level, and one in between
+GRIDS = {effect.name: (effect.curve.grid[0], effect.curve.grid[len(effect.curve.grid) // 2], effect.curve.grid[-1])
+         for effect in EFFECTS}
+SMALL = RobustnessConfig(grids=GRIDS, chips=3,
                          target=PerturbationConfig(noise_sigma=0.3, weight_dev_pct=20, clip_mode="relative", clip_fraction=0.5))
+
+
+def is_on(name: str, level: float) -> bool:
+    effect = effect_named(name)
+    return curve_point(effect, level).params(effect).active
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +36,20 @@ def trained(tiny_data):
 def test_grid_chips_and_summaries(trained, tiny_data):
     result = evaluate_robustness(trained, tiny_data, SMALL, progress=None)
     chips = result.chips
-    # Random levels on every chip, deterministic ones (level 0, pure clipping) once.
-    counts = chips.groupby(["effect", "level"]).size().to_dict()
-    assert counts == {("noise", 0.0): 1, ("noise", 0.5): 3, ("noise", 1.0): 3, ("weight_dev", 0.0): 1,
-                      ("weight_dev", 50.0): 3, ("weight_dev", 100.0): 3, ("clip", 1.0): 1, ("clip", 0.3): 1,
-                      ("clip", 0.1): 1, ("target", 1.0): 3}
-    clean_rows = chips[(chips.level == 0) & chips.effect.isin(["noise", "weight_dev"])]
-    assert (clean_rows.accuracy == result.clean_accuracy).all()
+    # Random levels on every chip, deterministic ones (an effect off, pure saturation) once.
+    counts = chips.groupby(["effect", "level"], sort=False).size().to_dict()
+    expected = {(effect.name, level): 3 if is_on(effect.name, level) and effect.sampling is not Sampling.DETERMINISTIC else 1
+                for effect in EFFECTS for level in GRIDS[effect.name]}
+    assert counts == {**expected, ("target", 1.0): 3}
+    off = chips[[row.effect != "target" and not is_on(row.effect, row.level) for row in chips.itertuples()]]
+    assert len(off) == sum(not is_on(name, grid[0]) for name, grid in GRIDS.items()) > 0
+    assert (off.accuracy == result.clean_accuracy).all()  # an effect off is the clean model
     assert result.traces == 1  # one trace for every level and chip: levels are variables
-    # Strong noise and deviation hurt; the curves are means over chips.
+    # The strongest level of every random effect hurts; the curves are means over chips.
     curves = result.curves.set_index(["effect", "level"])
-    assert curves.loc[("noise", 1.0), "acc_mean"] < result.clean_accuracy - 0.05
-    assert curves.loc[("weight_dev", 100.0), "acc_mean"] < result.clean_accuracy - 0.05
+    for effect in EFFECTS:
+        if effect.sampling is not Sampling.DETERMINISTIC:
+            assert curves.loc[(effect.name, GRIDS[effect.name][-1]), "acc_mean"] < result.clean_accuracy - 0.05, effect.name
     target = chips[chips.effect == "target"].accuracy.to_numpy()
     assert curves.loc[("target", 1.0), "acc_mean"] == pytest.approx(target.mean())
     assert curves.loc[("target", 1.0), "acc_p5"] == pytest.approx(np.percentile(target, 5))
@@ -88,6 +100,12 @@ def experiment_data():
     return prepare(DataConfig(source="bundled", limit=1000, seed=11))
 
 
+def robustness_of_one(name: str, level: str) -> RobustnessConfig:
+    """One level of effect ``name`` on 5 chips, every other curve a single level with its effect off."""
+    off = {effect.name: effect.curve.grid[0] for effect in EFFECTS}
+    return RobustnessConfig(grids={**off, name: level}, chips=5, target=PerturbationConfig())
+
+
 def train_with(data, perturbation):
     seed_everything(11)
     config = ModelConfig(bits=1, hidden_units=(256,))
@@ -101,15 +119,15 @@ def train_with(data, perturbation):
 @pytest.mark.parametrize(
     "training_levels, grid",
     [
-        (PerturbationConfig(noise_sigma=0.6), {"noise_grid": "0.9", "weight_dev_grid": "0", "clip_grid": "1"}),
-        (PerturbationConfig(weight_dev_pct=60), {"noise_grid": "0", "weight_dev_grid": "90", "clip_grid": "1"}),
+        (PerturbationConfig(noise_sigma=0.6), ("noise", "0.9")),
+        (PerturbationConfig(weight_dev_pct=60), ("weight_dev", "90")),
     ],
 )
 def test_perturbation_aware_training_buys_robustness(experiment_data, training_levels, grid):
     """A real experiment: at a high level of a perturbation, the model trained with that
     perturbation beats the plainly trained one (same data, seed, epochs; 5 chips each)."""
-    config = RobustnessConfig(**grid, chips=5, target=PerturbationConfig())
-    effect = "noise" if training_levels.noise_sigma else "weight_dev"
+    effect, level = grid
+    config = robustness_of_one(effect, level)
     scores = {}
     for name, levels in (("plain", None), ("aware", training_levels)):
         result = evaluate_robustness(train_with(experiment_data, levels), experiment_data, config, progress=None)

@@ -13,10 +13,9 @@ import pytest
 from pipeline.config import ConfigError
 from sweeps.space import load_space
 
-from conftest import PROJECT_ROOT, all_runs, run_cli, run_mlflow_project
+from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, run_mlflow_project, short_grids
 
-TINY = ["--limit", "100", "--epochs", "3", "--hidden_units", "32", "--chips", "1", "--noise_grid", "0,1",
-        "--weight_dev_grid", "0,50", "--clip_grid", "1,0.2", "--source", "bundled"]
+TINY = ["--limit", "100", "--epochs", "3", "--hidden_units", "32", "--chips", "1", *as_flags(short_grids(2)), "--source", "bundled"]
 
 
 def write_space(tmp_path, body: str, name="space.yaml"):
@@ -29,19 +28,20 @@ def write_space(tmp_path, body: str, name="space.yaml"):
 @pytest.mark.parametrize(
     "params, entry, message",
     [
-        ("voltage: {low: 0, high: 1}", "params.voltage", "unknown name"),
+        ("voltage: {low: 0, high: 1}", "params.voltage", "unknown parameter; known: .*noise_sigma"),
         ("noise_sigma: {low: 0.5, high: 0.1}", "params.noise_sigma", "low \\(0.5\\) > high \\(0.1\\)"),
-        ("noise_sigma: {low: -0.5, high: 0.1}", "params.noise_sigma", "below 0"),
+        ("noise_sigma: {low: -0.5, high: 0.1}", "params.noise_sigma", "must be in \\[0.0, inf\\]; got -0.5 .at the corner"),
         ("weight_dev_pct: {low: 0, high: 50, log: true}", "params.weight_dev_pct", "log range needs low > 0"),
         ("weight_dev_pct: {low: 1, high: 50, step: 2}", "params.weight_dev_pct", "unknown key"),
         ("noise_sigma: {low: 0.1}", "params.noise_sigma", "needs both low and high"),
-        ("clip_fraction: {low: 0, high: 1}", "params.clip_fraction", "> 0"),
-        ("clip_min: {low: -100, high: 10}\n  clip_max: {low: 5, high: 100}", "params.clip_max", "must exceed"),
+        ("clip_fraction: {low: 0, high: 1}", "params.clip_fraction", "must be in \\(0.0, 1.0\\]"),
+        ("clip_fraction: null\n  clip_min: {low: -100, high: 10}\n  clip_max: {low: 5, high: 100}", "params.clip_max",
+         "greater than clip_min.*clip_min=10, clip_max=5"),
         ("clip_min: -100", "params.clip_min", "needs both"),
-        ("clip_min: -100\n  clip_max: 100\n  clip_fraction: {low: 0.2, high: 1}", "params.clip_fraction", "not both"),
-        ("out_bits: {low: 0, high: 8}", "params.out_bits", "below 1"),
+        ("clip_min: -100\n  clip_max: 100\n  clip_fraction: {low: 0.2, high: 1}", "params.clip_fraction", "needs clip_mode=relative"),
+        ("out_bits: {low: 0, high: 8}", "params.out_bits", "from 1 to 16"),
         ("perturb_layers: {low: 1, high: 2}", "params.perturb_layers", "only be fixed"),
-        ("out_bits: 4", "params.out_bits", "ADC needs a finite range"),
+        ("clip_fraction: null\n  out_bits: 4", "params.out_bits", "ADC needs a finite range"),
     ],
 )
 def test_search_space_errors_name_the_entry(tmp_path, params, entry, message):
@@ -81,8 +81,8 @@ def runs_of(uri, stage):
 
 @pytest.mark.slow
 def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
-    params = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, "noise_grid": "0,0.5,1",
-              "weight_dev_grid": "0,50,100", "clip_grid": "1,0.3,0.1", "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
+    params = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, **short_grids(3),
+              "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
     result = run_mlflow_project("sweep", params)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Top 3 trials" in result.stdout and "mlflow ui" in result.stdout

@@ -50,8 +50,8 @@ def test_graph_memory_is_released_after_each_model(tiny_data):
     from tensorflow.python.framework import ops
     from tensorflow.python.framework.func_graph import FuncGraph
 
-    from pipeline.config import PerturbationConfig
-    from pipeline.perturbations import attach_hardware
+    from pipeline.hardware import PerturbationConfig
+    from pipeline.chips import attach_hardware
 
     def graphs():
         gc.collect()

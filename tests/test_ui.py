@@ -13,14 +13,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import PROJECT_ROOT, all_runs, run_cli
+from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, short_grids
 from services import mlflow_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--source", "bundled",
-        "--noise_grid", "0,0.25,0.5,1", "--weight_dev_grid", "0,25,50,100", "--clip_grid", "1,0.5,0.25,0.1"]
+        *as_flags(short_grids(4))]
 
 
 @pytest.mark.slow
