@@ -85,9 +85,9 @@ def draws_at_outputs(effect: Effect, layer, active_kernel_effects: list[Effect])
     return reparameterized and effect is active_kernel_effects[-1] and len(layer.input_shape) == 2
 
 
-def training_draws(model) -> list[tuple[Effect, tuple[int, ...], bool, dict]]:
-    """(effect, shape, drawn at the outputs?, levels) of every random draw of one training step of ``model``."""
-    return [draw for layer in hardware_layers(model) for draw in training_draws_of(layer)]
+def training_draws(model) -> list[tuple[str, Effect, tuple[int, ...], bool, dict]]:
+    """(layer, effect, shape, drawn at the outputs?, levels) of every random draw of one training step of ``model``."""
+    return [(layer.name, *draw) for layer in hardware_layers(model) for draw in training_draws_of(layer)]
 
 
 def training_draws_of(layer) -> list[tuple[Effect, tuple[int, ...], bool, dict]]:
@@ -108,15 +108,15 @@ def gaussians_at_outputs(model) -> int:
                if any(at_outputs for _, _, at_outputs, _ in training_draws_of(layer)))
 
 
-def draw_seconds(draws: list[tuple[Effect, tuple[int, ...], bool, dict]], rounds: int) -> float:
+def draw_seconds(draws: list[tuple[str, Effect, tuple[int, ...], bool, dict]], rounds: int) -> float:
     """Median seconds to make the random draws of one step, in one compiled function (the RNG floor;
     Gaussian terms at the outputs of one layer are drawn as one, as the layer does)."""
     def draw_all(seed):
         total = tf.constant(0.0)
         outputs_drawn = set()
-        for effect, shape, at_outputs, levels in draws:
-            if at_outputs and shape not in outputs_drawn:
-                outputs_drawn.add(shape)
+        for layer, effect, shape, at_outputs, levels in draws:
+            if at_outputs and layer not in outputs_drawn:
+                outputs_drawn.add(layer)
                 total += tf.reduce_sum(standard_normal(shape, seed))
             elif not at_outputs:
                 drawn = effect.training_draw(shape, seed, levels)

@@ -114,7 +114,7 @@ def resolve_project_file(path: str) -> Path:
 
 def robustness_config(args: argparse.Namespace, target: PerturbationConfig | None = None) -> RobustnessConfig:
     grids = {effect.name: getattr(args, f"{effect.name}_grid") for effect in EFFECTS}
-    return RobustnessConfig(**given(args, RobustnessConfig, skip=("grids", "target")), grids=grids,
+    return RobustnessConfig(**given(args, RobustnessConfig, skip=("grids", "target", "batch_size")), grids=grids,
                             target=target or load_target_hardware(resolve_project_file(args.target)))
 
 
@@ -125,12 +125,11 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def perturbation_config(args: argparse.Namespace, target: PerturbationConfig) -> PerturbationConfig:
-    """The training levels: those given, or the target hardware's when none is given."""
-    levels = {name: getattr(args, name) for name in (*PARAMETERS, "perturb_layers") if getattr(args, name) != ""}
-    if not levels:
-        return target
-    levels.setdefault("perturb_layers", target.perturb_layers)
-    return PerturbationConfig.from_text(**levels)
+    """The training levels: those given (others off), or the target hardware's when none is given;
+    on ``perturb_layers`` when given, else the target's layers."""
+    levels = {name: getattr(args, name) for name in PARAMETERS if getattr(args, name) != ""}
+    layers = args.perturb_layers or target.perturb_layers
+    return PerturbationConfig.from_text(**levels, perturb_layers=layers) if levels else target.replace(perturb_layers=layers)
 
 
 def hardware_configs(
@@ -274,7 +273,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cli", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cli", description=__doc__.splitlines()[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
     specs: list[tuple[str, str, Callable, int | None, bool]] = [
         ("prepare", "load, check, split and log the data", run_prepare, None, False),
@@ -284,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("main", "prepare -> baseline -> qat -> perturb -> comparison", run_main, 1, True),
     ]
     for name, help_text, handler, bits_default, trains in specs:
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, allow_abbrev=False)
         add_data_arguments(command)
         if trains:
             add_model_arguments(command, bits_default)
@@ -295,17 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("baseline", "qat", "perturb"):
             command.add_argument("--data_uri", default="", help="prepared data of an earlier prepare run (artifact URI)")
         command.set_defaults(handler=handler)
-    sweep = commands.add_parser("sweep", help="Optuna sweep over training-time perturbation levels")
+    sweep = commands.add_parser("sweep", help="Optuna sweep over training-time perturbation levels", allow_abbrev=False)
     add_data_arguments(sweep)
     add_model_arguments(sweep, 1)
     add_train_arguments(sweep)
     add_robustness_arguments(sweep, with_target=False)  # the search space names the target hardware
     add_sweep_arguments(sweep)
     sweep.set_defaults(handler=run_sweep)
-    cleanup = commands.add_parser("cleanup", help="mark runs left RUNNING by a crash as FAILED")
+    cleanup = commands.add_parser("cleanup", help="mark runs left RUNNING by a crash as FAILED", allow_abbrev=False)
     cleanup.add_argument("--stale_hours", default="24", help="also fail RUNNING runs older than this (any host)")
     cleanup.set_defaults(handler=run_cleanup)
-    evaluate = commands.add_parser("evaluate", help="robustness evaluation of a logged model")
+    evaluate = commands.add_parser("evaluate", help="robustness evaluation of a logged model", allow_abbrev=False)
     evaluate.add_argument("--model_uri", default="", help="the model, e.g. models:/m-<id> (or give --run_id)")
     evaluate.add_argument("--run_id", default="", help="a training run whose model to evaluate")
     evaluate.add_argument("--data_uri", default="", help="prepared data; default: the data the model's run used")

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 from pipeline.effects import EFFECTS, PARAMETERS, Effect, EffectParams
 from pipeline.validation import ConfigError
 
-EMPTY = (None, "", "none", "None")  #: text that means "not given"
+EMPTY = (None, "")  #: text that means "not given" (and "none" where the parameter's default is None)
 
 
 class LayerSet(str, enum.Enum):
@@ -50,7 +50,9 @@ class PerturbationConfig:
     @classmethod
     def from_text(cls, **given: Any) -> "PerturbationConfig":
         """From text (command line, sweep): empty values mean "not given"; effects infer the rest."""
-        given = {key: value for key, value in given.items() if value not in EMPTY}
+        optional = {key for key, value in PerturbationConfig().levels().items() if value is None}
+        given = {key: value for key, value in given.items()
+                 if value not in EMPTY and not (key in optional and str(value).strip().lower() == "none")}
         layers = given.pop("perturb_layers", LayerSet.HIDDEN.value)
         check_known(given)
         config = object.__new__(cls)
@@ -59,9 +61,10 @@ class PerturbationConfig:
 
     @classmethod
     def from_mapping(cls, spec: dict, parameter: str, origin: str) -> "PerturbationConfig":
-        """From a YAML mapping; an unknown key is a ConfigError naming ``parameter`` and listing the known ones."""
+        """From a YAML mapping, read as :meth:`from_text` reads the command line; an unknown key is a
+        ConfigError naming ``parameter`` and listing the known ones."""
         check_known({key: value for key, value in spec.items() if key != "perturb_layers"}, parameter, origin)
-        return cls(**spec)
+        return cls.from_text(**spec)
 
     # ------------------------------------------------------------------ reading
     def params(self, effect: Effect) -> EffectParams:

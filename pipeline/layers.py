@@ -3,11 +3,11 @@
 For input ``x`` and latent kernel ``W``, with ``x_q`` and ``W_q`` the layer's own quantizers'
 outputs, a hardware-aware layer computes
 
-1. **kernel effects** (``pipeline.effects``, stage ``kernel``, in order: bit errors, then process
-   variation): the weights as the chip reads them, ``W_chip = f(W_q, draws)``;
+1. **kernel effects** (``pipeline.effects``, stage ``kernel``, in their declared order): the
+   weights as the chip reads them, ``W_chip = f(W_q, draws)``;
 2. **accumulate**: ``y = x_q . W_chip`` (dense) or the convolution (the accumulator, in its own
    units: for a 1-bit dense layer of fan-in N, integers in [-N, N]);
-3. **output effects** (stage ``output``, in order: noise, then saturation and ADC) on ``y``;
+3. **output effects** (stage ``output``, in their declared order) on ``y``;
 
 then the model's BatchNorm and activation follow, as in the plain model. Training and evaluation
 share this path; they differ only in where levels and randomness come from:
@@ -70,7 +70,7 @@ class HardwareState:
         self.kernel_shape = tuple(kernel_shape)
         #: the programmed chips' kernels (P x kernel), read by every batch of an evaluation
         self.chip_kernels = tf.Variable(tf.zeros([chips_per_pass, *kernel_shape]), trainable=False)
-        self.chip_draws: dict[str, tf.Variable] = {}  #: per-chip kernel effects: each chip's draws (P x kernel)
+        self.chip_draws: dict[str, tf.Variable] = {}  #: per-chip kernel effects: each chip's draws (P x ...)
         self.draws_of: dict[str, tuple[int, ...]] = {}  #: the chips whose draws are in ``chip_draws``
 
     def assign(self, config: PerturbationConfig) -> None:
@@ -88,13 +88,14 @@ class HardwareState:
     def draws(self, effect: Effect) -> tf.Variable:
         """Every chip's draws of ``effect``: drawn when the chips change, not when only the level does."""
         chips = tuple(int(chip) for chip in self.chips.numpy())
-        if effect.name not in self.chip_draws:
-            self.chip_draws[effect.name] = tf.Variable(tf.zeros([len(chips), *self.kernel_shape]), trainable=False)
         if self.draws_of.get(effect.name) != chips:
             draw = compiled_draw(effect)
             for index, chip in enumerate(chips):
                 seed = tf.constant([chip * SEED_MIX + self.salt + effect.stream, 0], tf.int64)
-                self.chip_draws[effect.name][index].assign(draw(tf.constant(self.kernel_shape, tf.int32), seed))
+                drawn = draw(tf.constant(self.kernel_shape, tf.int32), seed)
+                if effect.name not in self.chip_draws:  # an effect's draws may have more axes than the kernel
+                    self.chip_draws[effect.name] = tf.Variable(tf.zeros([len(chips), *drawn.shape]), trainable=False)
+                self.chip_draws[effect.name][index].assign(drawn)
             self.draws_of[effect.name] = chips
         return self.chip_draws[effect.name]
 
@@ -174,7 +175,7 @@ class HardwareAwareMixin:
             outputs = tf.cond(state.evaluating, lambda: self._chips_accumulate(quantized, state.chip_kernels),
                               lambda: self._accumulate(quantized, self.quantized_kernel()))
         clean = outputs
-        context = OutputContext(clean, lambda: self._clean_range(clean, training), lambda effect: self._normal(clean, effect, source))
+        context = OutputContext(lambda: self._clean_range(clean, training), lambda effect: self._normal(clean, effect, source))
         for effect in OUTPUT_EFFECTS:
             levels = source.levels[effect.name]
             on = effect.is_on(levels)

@@ -50,9 +50,9 @@ def log_optuna_plots(study: optuna.Study, objective: Objective) -> list[str]:
         "param_importances": lambda: vis.plot_param_importances(study, target=target, target_name="target accuracy"),
         "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target, target_name="target accuracy"),
     }
-    if {"noise_sigma", "weight_dev_pct"} <= params:
-        plots["contour_sigma_deviation"] = lambda: vis.plot_contour(
-            study, params=["noise_sigma", "weight_dev_pct"], target=target, target_name="target accuracy")
+    if len(params) >= 2:  # the two parameters that matter most (Optuna's importances), else the first two
+        plots["contour_top_two"] = lambda: vis.plot_contour(
+            study, params=top_two(study, target, sorted(params)), target=target, target_name="target accuracy")
     if objective is Objective.PARETO:
         plots["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=["clean accuracy", "target accuracy"])
     skipped = []
@@ -69,6 +69,14 @@ def log_optuna_plots(study: optuna.Study, objective: Objective) -> list[str]:
         tracking.log_figure(figure, f"optuna/{name}.png")
         pyplot.close(figure)
     return skipped
+
+
+def top_two(study: optuna.Study, target, params: list[str]) -> list[str]:
+    try:
+        ranked = list(optuna.importance.get_param_importances(study, target=target))
+    except Exception:  # too few finished trials, or parameters that never varied
+        ranked = []
+    return (ranked + [name for name in params if name not in ranked])[:2]
 
 
 def plain_reference(stage: str, model: ModelConfig, train: TrainConfig, robustness: RobustnessConfig, handle) -> dict:

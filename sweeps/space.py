@@ -24,7 +24,8 @@ clipping together, a negative noise level ... each fail) -- a ConfigError naming
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,12 @@ def levels_from(values: dict[str, Any]) -> PerturbationConfig:
 
 
 def kind(name: str) -> str:
-    """``float``, ``int`` or ``fixed`` (enums and text can only be fixed), from the parameter's type."""
+    """``float``, ``int`` or ``fixed`` (enums and text can only be fixed), from the parameter's declared type."""
     if name == LAYERS:
         return "fixed"
-    declared = str(next(item.type for item in fields(PARAMETERS[name].params) if item.name == name))
-    return "float" if "float" in declared else "int" if "int" in declared else "fixed"
+    declared = typing.get_type_hints(PARAMETERS[name].params)[name]
+    types = set(typing.get_args(declared)) or {declared}
+    return "float" if float in types else "int" if int in types else "fixed"
 
 
 def default_space() -> tuple[dict[str, Range], dict[str, Any]]:

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import all_runs, run_cli, run_mlflow_project
+from pipeline.config import RobustnessConfig
+from pipeline.hardware import PerturbationConfig
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,7 @@ from conftest import all_runs, run_cli, run_mlflow_project
         (["baseline", "--target", "missing.yaml"], "target"),
         (["qat", "--weight_dev_grid", "0,2000"], "weight_dev_grid"),
         (["main", "--voltage", "3"], "voltage"),
+        (["qat", "--noise", "0.3"], "noise"),  # no abbreviations: --noise is not --noise_grid
         (["qat", "--noise_sigma", "0.3"], "noise_sigma"),  # qat trains plainly: no training levels
         (["evaluate"], "model_uri"),
         (["evaluate", "--run_id", "0123456789abcdef0123456789abcdef"], "run_id"),
@@ -72,3 +75,19 @@ def test_bad_input_through_mlflow_run_leaves_a_failed_run(tracking_store, params
     assert message in result.stderr
     runs = all_runs(tracking_store)
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
+
+
+def test_training_levels_default_to_the_target_on_the_given_layers():
+    from pipeline.cli import build_parser, hardware_configs, qat_model_config
+
+    def levels(*argv):
+        args = build_parser().parse_args(["main", *argv])
+        return hardware_configs(args, qat_model_config(args), with_perturbation=True)
+
+    robustness, target_levels = levels()
+    assert target_levels == robustness.target and not target_levels.is_ideal
+    _, on_dense = levels("--perturb_layers", "dense")  # only the layers given: the target's levels there
+    assert on_dense == robustness.target.replace(perturb_layers="dense")
+    _, noise_only = levels("--noise_sigma", "0.2")  # a level given: the others off, the target's layers
+    assert noise_only == PerturbationConfig(noise_sigma=0.2, perturb_layers=robustness.target.perturb_layers)
+    assert robustness.batch_size == RobustnessConfig().batch_size  # not the training batch size

@@ -107,7 +107,7 @@ def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
     assert parent.data.metrics["best_target_accuracy"] == pytest.approx(study.best_value)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
     assert {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/parallel_coordinate.png",
-            "optuna/contour_sigma_deviation.png"} <= artifacts
+            "optuna/contour_top_two.png"} <= artifacts
     top = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"sweep", "comparison"} <= top
     # The best trial was compared with a plain baseline and QAT, trained once under the sweep.

@@ -68,11 +68,10 @@ def markdown_table() -> str:
     lines = ["| effect (`<name>_grid`, `robust_auc_<name>`) | parameters (default) | acts on | sampled | formula | curve axis |",
              "|---|---|---|---|---|---|"]
     for effect in EFFECTS:
-        row = effect.describe()
         ideal = effect.params()
         parameters = ", ".join(f"`{name}` ({plain(getattr(ideal, name))})" for name in effect.params.field_names())
-        lines.append(f"| `{row['effect']}` | {parameters} | {row['stage']} | {row['sampling']} | {row['formula']} | "
-                     f"{row['curve']}{' (log)' if effect.curve.log else ''} |")
+        lines.append(f"| `{effect.name}` | {parameters} | {effect.stage.value} | {effect.sampling.value} | {effect.formula} | "
+                     f"{effect.curve.label}{' (log)' if effect.curve.log else ''} |")
     return "\n".join(lines) + "\n"
 
 

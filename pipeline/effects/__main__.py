@@ -25,4 +25,5 @@ def main() -> None:
     path.write_text(re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: f"{START}\n{table}{END}", text, flags=re.S))
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -111,7 +111,6 @@ class OutputContext:
     """What an output effect may read besides the output: the same in training and evaluation,
     except where the values come from (see :class:`pipeline.layers.HardwareAwareMixin`)."""
 
-    clean: Any  #: the accumulator output before any output effect
     clean_range: Callable[[], tuple[Any, Any]]  #: calibrated [min, max] at evaluation, the batch's in training
     normal: Callable[["Effect"], Any]  #: N(0, 1) numbers of the output's shape, seeded for this effect and pass
 
@@ -167,11 +166,6 @@ class Effect:
         ``variance`` already pending on them), its variance -- the layer then draws every pending
         Gaussian as one; else None (the effect is applied by :meth:`apply_output`)."""
         return None
-
-    def describe(self) -> dict[str, str]:
-        """The documentation row of this effect."""
-        return {"effect": self.name, "parameters": ", ".join(self.params.field_names()), "stage": self.stage.value,
-                "sampling": self.sampling.value, "formula": self.formula, "curve": self.curve.label}
 
 
 def when(condition, apply: Callable, value):

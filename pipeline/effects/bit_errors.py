@@ -10,11 +10,11 @@ independently of every other weight. A faulty weight reads as another of its pos
   float memory are not modelled).
 
 Sampling: per chip -- faulty cells are a property of the chip, drawn once when it is programmed,
-seeded by chip and layer. One uniform ``u ~ U[0, 1)`` per weight decides both: the weight is
-faulty when ``u < weight_ber``, and ``u / weight_ber`` (uniform on [0, 1) given that) picks the
-wrong level. So at a higher rate a chip keeps its faulty cells and gains more (nested, like a
-real chip ageing). In training a fresh draw every step (error-aware training). The kernel
-variable itself is never modified.
+seeded by chip and layer: two uniforms per weight, ``u`` (the weight is faulty when
+``u < weight_ber``) and ``v`` (which wrong level it reads). So at a higher rate a chip keeps its
+faulty cells, reading the same wrong values, and gains more (nested, like a real chip ageing). In
+training a fresh draw every step (error-aware training), drawn sparsely. The kernel variable
+itself is never modified.
 
 Anchor: Hirtzlin et al. (2019-2020), binarized networks on hafnium-oxide RRAM: a plain binarized
 network loses nothing on MNIST at a bit-error rate of 1e-4, and error-aware training extends the
@@ -69,7 +69,8 @@ class BitErrors(Effect):
         return levels["ber"] > 0
 
     def draw(self, shape, seed):
-        return tf.random.stateless_uniform(shape, seed=seed)
+        """``(u, v)`` per weight, stacked on a last axis of 2: faulty when ``u < weight_ber``; ``v`` picks the level."""
+        return tf.random.stateless_uniform(tf.concat([shape, [2]], axis=0), seed=seed)
 
     def training_draw(self, shape, seed, levels):
         """Sparse, with the effect of :meth:`draw` on the kernel: only the faulty weights are drawn.
@@ -93,13 +94,13 @@ class BitErrors(Effect):
         return SparseFaults(tf.boolean_mask(positions, inside), tf.boolean_mask(uniforms[1], inside))
 
     def apply_kernel(self, kernel, draws, levels, kernel_quantizer):
-        count = levels_of(kernel_quantizer)
+        count = values_per_weight(kernel_quantizer)
         if isinstance(draws, SparseFaults):
             return draws.apply(kernel, count)
-        faulty = draws < levels["ber"]
+        faulty = draws[..., 0] < levels["ber"]
         if count == 2:
             return tf.where(faulty, -kernel, kernel)
-        return tf.where(faulty, other_level(kernel, draws / levels["ber"], count), kernel)
+        return tf.where(faulty, other_level(kernel, draws[..., 1], count), kernel)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def other_level(values, choices, count: int):
     return 2.0 * (tf.math.floormod(index + offset, float(count)) / top) - 1.0  # DoReFa's own arithmetic
 
 
-def levels_of(kernel_quantizer) -> int:
+def values_per_weight(kernel_quantizer) -> int:
     """How many values a stored weight can take for the purpose of a bit error: 2 for a sign
     (1-bit, and the float kernel's sign bit), 2^k for a DoReFa k-bit kernel."""
     import larq as lq

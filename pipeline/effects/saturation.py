@@ -4,8 +4,9 @@
    ``absolute``: ``[lo, hi] = [clip_min, clip_max]`` in accumulator units (an unsigned 8-bit
    multiplier-accumulator saturating outside 0..255 is ``[0, 255]``; a signed 8-bit one ``[-128, 127]``).
    ``relative``: ``[lo, hi] = clip_fraction * [min, max]`` of the layer's clean output -- calibrated
-   on validation data at evaluation (:func:`pipeline.layers.calibrate`), the current batch's
-   (gradient-stopped) in training.
+   on validation data with the plain model at evaluation (:func:`pipeline.chips.calibrate`); in
+   training the current batch's range (gradient-stopped) of the output before the output effects
+   (for a dense layer that draws its process variation at the outputs, the mean over that draw).
 2. **ADC** (optional, ``out_bits``) -- ``y <- lo + round((y - lo) / D) * D``,
    ``D = (hi - lo) / (2^out_bits - 1)``: at most ``2^out_bits`` distinct values; straight-through
    gradient.
