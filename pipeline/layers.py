@@ -72,6 +72,7 @@ class HardwareState:
         self.chip_kernels = tf.Variable(tf.zeros([chips_per_pass, *kernel_shape]), trainable=False)
         self.chip_draws: dict[str, tf.Variable] = {}  #: per-chip kernel effects: each chip's draws (P x ...)
         self.draws_of: dict[str, tuple[int, ...]] = {}  #: the chips whose draws are in ``chip_draws``
+        self.programmers: dict = {}  #: compiled programming, by the tuple of active kernel effects
 
     def assign(self, config: PerturbationConfig) -> None:
         for effect, params in config:
@@ -221,16 +222,23 @@ class HardwareAwareMixin:
         return outputs, None if variance is None else PendingGaussian(variance, active[-1])
 
     def program(self) -> None:
-        """Program the chips once (eagerly): their kernels after every active kernel effect, read by
-        every batch of the evaluation. Each per-chip draw is made only when the chips change."""
+        """Program the chips once: their kernels after every active kernel effect, read by every batch
+        of the evaluation (one compiled function per set of active effects; the levels are its
+        arguments, so a new level does not retrace). Each per-chip draw is made only when the chips change."""
         state = self.hardware_state
+        evaluating = bool(state.evaluating.numpy())
+        active = tuple(effect for effect in KERNEL_EFFECTS if evaluating and effect.is_on(state.static_levels(effect)))
+        if active not in state.programmers:
+            state.programmers[active] = tf.function(lambda draws, levels: self._programmed(active, draws, levels))
+        draws = tuple(state.draws(effect) for effect in active)
+        levels = tuple({key: tf.constant(value, tf.float32) for key, value in state.static_levels(effect).items()} for effect in active)
+        state.chip_kernels.assign(state.programmers[active](draws, levels))
+
+    def _programmed(self, effects, draws, levels):
         kernel = self.quantized_kernel()
-        if bool(state.evaluating.numpy()):
-            for effect in KERNEL_EFFECTS:
-                levels = state.static_levels(effect)
-                if effect.is_on(levels):
-                    kernel = effect.apply_kernel(kernel, state.draws(effect), levels, self.kernel_quantizer)
-        state.chip_kernels.assign(tf.broadcast_to(kernel, state.chip_kernels.shape))
+        for effect, effect_draws, effect_levels in zip(effects, draws, levels):
+            kernel = effect.apply_kernel(kernel, effect_draws, effect_levels, self.kernel_quantizer)
+        return tf.broadcast_to(kernel, self.hardware_state.chip_kernels.shape)
 
     def quantized_kernel(self):
         """``W_q``: the latent kernel after the layer's quantizer (what Larq's call reads)."""
