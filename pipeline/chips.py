@@ -105,6 +105,7 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
         for layer in layers:
             layer.hardware_state.evaluating.assign(False)
             layer.hardware_state.assign(PerturbationConfig())
+            layer.program()  # nothing to program: batches read the plain kernel again
 
 
 def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = None,

@@ -64,6 +64,7 @@ class HardwareState:
         self.calibrated_lo = variable(-np.inf)  #: clean output range on calibration data (relative saturation)
         self.calibrated_hi = variable(np.inf)
         self.evaluating = variable(False, tf.bool)  #: inside hardware_evaluation
+        self.programmed = variable(False, tf.bool)  #: batches read ``chip_kernels`` (a kernel effect is on)
         self.chips = tf.Variable(tf.zeros([chips_per_pass], tf.int64), trainable=False)  #: the P chips of a pass
         self.train_seed = variable(0, tf.int64)
         self.calls = variable(0, tf.int64)  #: forward passes so far: fresh draws per pass, reproducibly
@@ -172,8 +173,8 @@ class HardwareAwareMixin:
         pending = None
         if training:
             outputs, pending = self._training_accumulate(quantized, source)
-        else:  # the programmed chips inside an evaluation, the plain kernel outside
-            outputs = tf.cond(state.evaluating, lambda: self._chips_accumulate(quantized, state.chip_kernels),
+        else:  # the programmed chips when a kernel effect is on, else the plain kernel (read as the plain layer reads it)
+            outputs = tf.cond(state.programmed, lambda: self._chips_accumulate(quantized, state.chip_kernels),
                               lambda: self._accumulate(quantized, self.quantized_kernel()))
         clean = outputs
         context = OutputContext(lambda: self._clean_range(clean, training), lambda effect: self._normal(clean, effect, source))
@@ -228,6 +229,9 @@ class HardwareAwareMixin:
         state = self.hardware_state
         evaluating = bool(state.evaluating.numpy())
         active = tuple(effect for effect in KERNEL_EFFECTS if evaluating and effect.is_on(state.static_levels(effect)))
+        state.programmed.assign(bool(active))
+        if not active:  # every kernel effect off: batches read the plain kernel
+            return
         if active not in state.programmers:
             state.programmers[active] = tf.function(lambda draws, levels: self._programmed(active, draws, levels))
         draws = tuple(state.draws(effect) for effect in active)
