@@ -50,7 +50,7 @@ def test_runs_read_well_in_the_mlflow_ui(tracking_store, tmp_path):
             expander.click()
         page.get_by_text("trial-000").first.wait_for(timeout=30_000)
         body = page.inner_text("body")
-        for name in ("main-mlp-1bit", "baseline-mlp-float", "qat-mlp-1bit", "perturb-mlp-1bit-s0.30-d20-c0.50",
+        for name in ("main-mlp-1bit", "baseline-mlp-float", "qat-mlp-1bit", "perturb-mlp-1bit-d20-s0.30-c0.50",
                      "trial-000", "trial-002"):
             assert name in body, name
         assert any(name.startswith("sweep-") for name in runs) and next(n for n in runs if n.startswith("sweep-")) in body
