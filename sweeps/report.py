@@ -4,6 +4,7 @@ trial compared with the plain baseline and plain QAT of the same data and archit
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
 import optuna
@@ -12,10 +13,15 @@ from matplotlib import pyplot
 
 from pipeline import stages, tracking
 from pipeline.config import ModelConfig, RobustnessConfig, TrainConfig, flatten
+from pipeline.effects import PARAMETERS
+from pipeline.validation import ConfigError
 from sweeps.config import Objective, SweepConfig
+from sweeps.space import Range, SearchSpace, levels_from
 from sweeps.study import FINISHED_STATES
 
 TOP_TRIALS = 5
+EDGE_FRACTION = 0.05  #: a best value this close to a bound (fraction of the range; of log-range for a log range) is "at the edge"
+BEYOND = 1e-6  #: how far past a bound (fraction of the range) a value is checked against the parameter's own validation
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -79,6 +85,64 @@ def top_two(study: optuna.Study, target, params: list[str]) -> list[str]:
     return (ranked + [name for name in params if name not in ranked])[:2]
 
 
+def position(spec: Range, value: float) -> float:
+    """Where ``value`` lies in the range: 0 at ``low``, 1 at ``high`` (in log space for a log range)."""
+    if spec.log:
+        return (math.log(value) - math.log(spec.low)) / (math.log(spec.high) - math.log(spec.low))
+    return (value - spec.low) / (spec.high - spec.low)
+
+
+def at_position(spec: Range, where: float) -> float:
+    """The inverse of :func:`position`: the value at ``where`` (past 0 or 1 lies outside the range)."""
+    if spec.log:
+        return math.exp(math.log(spec.low) + where * (math.log(spec.high) - math.log(spec.low)))
+    return spec.low + where * (spec.high - spec.low)
+
+
+def edge(spec: Range, value: float) -> str | None:
+    """``lower`` or ``upper`` when ``value`` lies in the outer EDGE_FRACTION of the range at that side, else None."""
+    if spec.high <= spec.low:
+        return None
+    where = position(spec, value)
+    return "lower" if where <= EDGE_FRACTION else "upper" if where >= 1 - EDGE_FRACTION else None
+
+
+def allows_beyond(name: str, side: str, space: SearchSpace, point: dict) -> bool:
+    """Whether the parameter's own validation (its effect's params dataclass, with the other values of
+    ``point``) accepts a value just past the ``side`` bound: False at a hard limit such as a noise
+    level's 0 or a clip fraction's 1."""
+    spec = space.ranges[name]
+    if spec.integer:
+        beyond = spec.low - 1 if side == "lower" else spec.high + 1
+    else:
+        beyond = at_position(spec, -BEYOND if side == "lower" else 1 + BEYOND)
+    effect = PARAMETERS[name]
+    try:
+        params = levels_from(point).params(effect)  # the best point's values of this effect (implicit ones inferred)
+    except ConfigError:  # an older trial outside today's space: the space's lowest corner (a valid one)
+        params = levels_from({**space.fixed, **{other: r.low for other, r in space.ranges.items()}}).params(effect)
+    try:
+        dataclasses.replace(params, **{name: beyond})  # validated on construction
+    except ConfigError:
+        return False
+    return True
+
+
+def range_warnings(space: SearchSpace, best_params: dict, space_file: str = "sweeps/space.yaml") -> list[str]:
+    """One line per searched parameter whose best value lies at an edge of its range that could be widened."""
+    point = {**space.fixed, **{name: value for name, value in best_params.items() if name in space.ranges}}
+    lines = []
+    for name, spec in space.ranges.items():
+        if name not in best_params or (side := edge(spec, best_params[name])) is None:
+            continue
+        if not allows_beyond(name, side, space, point):
+            continue
+        scale = ", log" if spec.log else ""
+        lines.append(f"[sweep] best {name} = {best_params[name]:.4g} lies at the {side} edge of its range "
+                     f"[{spec.low:g}, {spec.high:g}{scale}]: widen the range ({space_file} or -P space=...) and resume")
+    return lines
+
+
 def plain_reference(stage: str, model: ModelConfig, train: TrainConfig, robustness: RobustnessConfig, handle) -> dict:
     """A FINISHED plain run of ``stage`` with the same data, model, training and robustness settings, else a new one."""
     params = {**flatten("model", model), **flatten("train", train), **stages.flatten_robustness(robustness)}
@@ -90,7 +154,7 @@ def plain_reference(stage: str, model: ModelConfig, train: TrainConfig, robustne
 
 
 def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelConfig, train: TrainConfig,
-                 robustness: RobustnessConfig) -> None:
+                 robustness: RobustnessConfig, space: SearchSpace | None = None) -> None:
     table = trials_table(study)
     tracking.log_table(table, "sweep/trials")
     counts = table["state"].value_counts().to_dict() if len(table) else {}
@@ -106,6 +170,10 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
                           "best_target_yield": best.user_attrs["robust_yield_target"]})
     tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
     tracking.log_tags({"best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
+    warned = range_warnings(space, best.params, config.space) if space is not None else []
+    if warned:  # the space may be too small: said at the end of the output, and on the parent run
+        tracking.log_tags({"range_warnings": "\n".join(line.removeprefix("[sweep] ") for line in warned)[:5000]})
+        tracking.log_text("\n".join(warned) + "\n", "sweep/range_warnings.txt")
     stages.add_tflite_size(best.user_attrs["mlflow_run_id"], model.bits)
     if config.objective is Objective.PARETO:
         front = table[table.number.isin([trial.number for trial in study.best_trials])]
@@ -118,6 +186,8 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
                 plain_reference("qat", quantized, train, robustness, handle),
                 tracking.run_row(best.user_attrs["mlflow_run_id"])]
         stages.log_comparison(rows)
+    if warned:
+        print("\n" + "\n".join(warned), flush=True)
     parent = tracking.mlflow.active_run().info.run_id
     print(f"\nBrowse: mlflow ui  (experiment {tracking.current_experiment_id()}, sweep parent run {parent})")
 

@@ -173,16 +173,46 @@ def make_objective(space: SearchSpace, objective: Objective, get_data: Callable,
     return run_trial
 
 
+def fail_trials_of_dead_runs(study: optuna.Study, run_ids: set[str]) -> list[int]:
+    """Fail the study's RUNNING trials whose MLflow run (user attr ``mlflow_run_id``) is one of ``run_ids``
+    -- runs just found left by a dead worker -- and retry each once, as Optuna does for a trial whose
+    heartbeat went stale (the storage's callback: a WAITING copy with the same parameters, run first).
+
+    Without this such a trial stays RUNNING for good when the next worker finishes the study before the
+    heartbeat grace period (GRACE_SECONDS) has passed. Returns the numbers of the trials failed."""
+    storage = study._storage
+    # Optuna 4.9 renamed the storage's failed_trial_callback (the older name is deprecated, gone in 6).
+    get_retry = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    retry = get_retry()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id not in run_ids:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        failed.append(trial.number)
+        print(f"[sweep] marked Optuna trial {trial.number} of dead run {run_id} FAILED", flush=True)
+        tracking.MlflowClient().set_tag(run_id, "optuna_state", TrialState.FAIL.name)
+        if retry is not None:
+            retry(study, storage.get_trial(trial._trial_id))
+    return failed
+
+
 def run_sweep(data_config: DataConfig, model_config: ModelConfig, train_config: TrainConfig,
               robustness: RobustnessConfig, space: SearchSpace, config: SweepConfig, data: PreparedData) -> optuna.Study:
     """One worker of the sweep, as one parent run; returns the study."""
     from sweeps import report
 
     name = study_name(config, data_config, model_config)
-    if stale := tracking.fail_stale_runs(24, "found RUNNING at the start of a sweep"):  # left by a crashed worker
-        print(f"[sweep] marked {len(stale)} run(s) left RUNNING by a crash as FAILED")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours (record_outcome)
     study = open_study(config, name, seed=train_config.seed)
+    if stale := tracking.fail_stale_runs(24, "found RUNNING at the start of a sweep"):  # left by a crashed worker
+        print(f"[sweep] marked {len(stale)} run(s) left RUNNING by a crash as FAILED")
+        fail_trials_of_dead_runs(study, {run.info.run_id for run in stale})
     before = finished_count(study)
     resumed = len(study.trials) > 0
     description = (f"Optuna sweep `{name}` ({config.objective.value} objective, {config.n_trials} trials) over "
@@ -204,6 +234,6 @@ def run_sweep(data_config: DataConfig, model_config: ModelConfig, train_config: 
             # No n_trials here: failed trials do not count, and other workers' trials do (StopWhenDone).
             study.optimize(objective, n_trials=None, timeout=config.timeout or None, catch=(TrainingDiverged,),
                            callbacks=[record_outcome, StopWhenDone(config.n_trials)], gc_after_trial=True)
-        report.report_study(study, config, handle, model_config, train_config, robustness)
+        report.report_study(study, config, handle, model_config, train_config, robustness, space)
     return study
 

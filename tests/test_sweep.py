@@ -1,6 +1,7 @@
 """The Optuna sweep: search-space validation, end to end, resume, pruning, divergence, Pareto, many workers."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +74,58 @@ def test_default_space_suggests_valid_levels_within_its_ranges():
         assert levels.clip_mode.value == "relative" and levels.perturb_layers == "hidden"
         study.tell(trial, 0.0)
     assert space.target.weight_dev_pct == 20
+
+
+EDGE_SPACE = {"noise_sigma": (0.0, 0.8), "weight_dev_pct": (0.0, 60.0), "clip_fraction": (0.2, 1.0),
+              "weight_ber": (1e-4, 0.1, True), "out_bits": (3, 8)}
+
+
+@pytest.mark.parametrize(
+    "ranges, best, expected",
+    [
+        ({}, {"noise_sigma": 0.78}, ["noise_sigma upper [0, 0.8]"]),  # 0.78 of [0, 0.8]: the outer 5 %
+        ({}, {"noise_sigma": 0.75}, []),  # 0.9375 of the range: inside
+        ({}, {"noise_sigma": 0.01}, []),  # at the lower edge, but 0 is a hard limit (a noise level >= 0)
+        ({}, {"weight_dev_pct": 59.0, "clip_fraction": 0.21}, ["weight_dev_pct upper [0, 60]", "clip_fraction lower [0.2, 1]"]),
+        ({}, {"clip_fraction": 0.99}, []),  # clip_fraction <= 1: a hard limit
+        ({"weight_dev_pct": (0.0, 1000.0)}, {"weight_dev_pct": 999.0}, []),  # the parameter's own maximum
+        ({}, {"weight_ber": 0.08}, ["weight_ber upper [0.0001, 0.1, log]"]),  # 0.968 of the log range, 0.8 of the linear one
+        ({}, {"weight_ber": 0.005}, []),  # 0.049 of the linear range, 0.57 of the log one: inside
+        ({}, {"weight_ber": 1.3e-4}, ["weight_ber lower [0.0001, 0.1, log]"]),
+        ({"weight_ber": (1e-3, 0.5, True)}, {"weight_ber": 0.45}, []),  # a bit-error rate <= 0.5
+        ({}, {"out_bits": 8}, ["out_bits upper [3, 8]"]),  # an integer range: 9 bits are allowed
+        ({"out_bits": (1, 16)}, {"out_bits": 16}, []),  # ... 17 are not
+        ({"out_bits": (1, 16)}, {"out_bits": 1}, []),
+        ({"noise_sigma": 0.3}, {"noise_sigma": 0.8}, []),  # fixed, not searched (an older trial's value): nothing
+        ({"clip_fraction": None, "clip_min": (-256.0, -32.0), "clip_max": (31.0, 255.0)}, {"clip_min": -255.0, "clip_max": 250.0},
+         ["clip_min lower [-256, -32]", "clip_max upper [31, 255]"]),
+        ({"clip_fraction": None, "clip_min": (-256.0, -32.0), "clip_max": (-20.0, 255.0)}, {"clip_min": -33.0, "clip_max": -20.0},
+         ["clip_min upper [-256, -32]", "clip_max lower [-20, 255]"]),  # clip_min < clip_max allows both
+        ({"clip_fraction": None, "clip_min": (-256.0, -32.0), "clip_max": (31.0, 255.0)}, {"clip_min": 40.0, "clip_max": 35.0},
+         ["clip_min upper [-256, -32]", "clip_max lower [31, 255]"]),  # a trial of an older space, invalid now: no error
+    ],
+)
+def test_best_value_at_a_widenable_edge_of_its_range_is_reported(ranges, best, expected):
+    from pipeline.hardware import PerturbationConfig
+    from sweeps.report import range_warnings
+    from sweeps.space import Range, SearchSpace
+
+    specs = {**EDGE_SPACE, **ranges}
+    fixed = {"noise_mode": "relative", **{name: spec for name, spec in ranges.items() if isinstance(spec, float)}}
+    space = SearchSpace({name: Range(spec[0], spec[1], log=spec[2] if len(spec) > 2 else False, integer=name == "out_bits")
+                         for name, spec in specs.items() if isinstance(spec, tuple)}, fixed, PerturbationConfig())
+    defaults = {"noise_sigma": 0.4, "weight_dev_pct": 30.0, "clip_fraction": 0.6, "weight_ber": 0.003, "out_bits": 5,
+                "clip_min": -100.0, "clip_max": 100.0}
+    point = {name: defaults[name] for name in space.ranges} | best  # the other parameters mid-range
+    lines = range_warnings(space, point, "my_space.yaml")
+    found = []
+    for line in lines:
+        name, value, side, bounds = re.fullmatch(
+            r"\[sweep\] best (\w+) = (\S+) lies at the (lower|upper) edge of its range \[(.+)\]: "
+            r"widen the range \(my_space.yaml or -P space=\.\.\.\) and resume", line).groups()
+        assert float(value) == pytest.approx(best[name], rel=1e-3)
+        found.append(f"{name} {side} [{bounds}]")
+    assert found == expected
 
 
 def only_noise_searched() -> str:
@@ -157,6 +210,52 @@ def test_interrupted_sweep_resumes_and_leaves_nothing_running(tracking_store, tm
     assert all(run.info.status != "RUNNING" for run in all_runs(tracking_store))
     finished_runs = {t.user_attrs["mlflow_run_id"] for t in finished}
     assert all(mlflow.get_run(run_id).info.status == "FINISHED" for run_id in finished_runs)
+
+
+@pytest.mark.slow
+def test_trial_of_a_killed_worker_is_failed_and_retried_by_the_next_sweep(tracking_store, tmp_path):
+    """SIGKILL leaves the trial RUNNING in Optuna (nothing cleans up) and its heartbeat fresh: the next
+    sweep, started well inside the grace period, fails it at start-up and retries it once. The trial
+    sits at the upper edge of the noise range, so the report says to widen it."""
+    space = write_space(tmp_path, "target: target.yaml\nparams:\n  noise_sigma: {low: 0.0, high: 0.8}\n" + only_noise_searched())
+    storage, name = f"sqlite:///{tmp_path / 'optuna.db'}", "kill-me"
+    optuna.create_study(study_name=name, storage=storage, direction="maximize").enqueue_trial({"noise_sigma": 0.8})
+    # 100 epochs: trial 0 is still training when it is killed
+    process = subprocess.Popen(sweep_command(storage, name, "--space", str(space), "--n_trials", "1", "--compare", "false",
+                                             "--epochs", "100"),
+                               cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while True:  # until trial 0 holds its MLflow run id
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()[-3000:] if process.stdout else ""
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        if "mlflow_run_id" in trials[0].user_attrs:
+            break
+        time.sleep(0.3)
+    process.kill()  # SIGKILL: no handler runs, the trial's heartbeat thread just stops
+    process.communicate(timeout=60)
+    dead_run = trials[0].user_attrs["mlflow_run_id"]
+    assert optuna.load_study(study_name=name, storage=storage).trials[0].state == optuna.trial.TrialState.RUNNING
+    assert mlflow.get_run(dead_run).info.status == "RUNNING"
+
+    resumed = run_cli("sweep", "--storage", storage, "--study_name", name, "--space", str(space), *TINY, "--n_trials", "1",
+                      "--compare", "false")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"[sweep] marked Optuna trial 0 of dead run {dead_run} FAILED" in resumed.stdout
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states and states[0] == optuna.trial.TrialState.FAIL, states
+    # Retried once, as a heartbeat-failed trial is: the same levels, as the next trial; nothing else ran.
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[1].params == study.trials[0].params and study.trials[1].system_attrs["failed_trial"] == 0
+    assert study.trials[1].user_attrs["mlflow_run_id"] != dead_run
+    assert mlflow.get_run(dead_run).info.status == "FAILED" and mlflow.get_run(dead_run).data.tags["optuna_state"] == "FAIL"
+    assert all(run.info.status != "RUNNING" for run in all_runs(tracking_store))
+
+    warning = f"best noise_sigma = 0.8 lies at the upper edge of its range [0, 0.8]: widen the range ({space} or -P space=...)"
+    assert f"[sweep] {warning}" in resumed.stdout
+    parent = max(runs_of(tracking_store, "sweep"), key=lambda run: run.info.start_time)
+    assert parent.data.tags["range_warnings"].startswith(warning)
+    assert warning in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/range_warnings.txt")
 
 
 @pytest.mark.slow
