@@ -24,17 +24,26 @@ import numpy as np
 import pipeline  # noqa: F401
 import tensorflow as tf
 
+from pipeline.cli import SWEEP_TARGET_CHIPS
 from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig
 from pipeline.data import prepare
 from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Stage
 from pipeline.effects.base import standard_normal
-from pipeline.hardware import PerturbationConfig, curve_point, typical_hardware
+from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, curve_point, load_target, typical_hardware
 from pipeline.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers, set_condition
 from pipeline.models import build_model
-from pipeline.robustness import CompiledAccuracy, chips_side_by_side, evaluate_robustness, model_targets
+from pipeline.robustness import (
+    CompiledAccuracy,
+    TargetValidation,
+    chips_side_by_side,
+    condition_accuracies,
+    evaluate_robustness,
+    model_targets,
+)
 from pipeline.training import compile_model, seed_everything
 
-TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10}
+TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
+           "target_yield_s": 10.0, "pruning_signal": 0.10}
 BATCH = 64  #: training batch of the step benchmark (the default batch size)
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
 ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.levels()[effect.curve.parameter]) for effect in EFFECTS}
@@ -205,6 +214,122 @@ def robustness_throughput(data, quick: bool) -> dict:
     return result
 
 
+def target_yield_evaluation(data, quick: bool) -> dict:
+    """The target condition on many chips (yield and mean with intervals): the default 1-bit MLP at
+    the target hardware file, 1,000 chips on the test split, programming included -- against this
+    machine's floor, measured in the same run: the chips' matmuls at its best matmul rate plus
+    their random numbers at its measured drawing rate."""
+    seed_everything(0)
+    model = build_model(ModelConfig(bits=1))
+    target, accuracy_spec = load_target(Path(__file__).resolve().parents[1] / TARGET_HARDWARE_FILE)
+    chips = 100 if quick else 1000
+    config = RobustnessConfig(target=target, target_chips=chips, accuracy_spec=accuracy_spec)
+    targets = model_targets(model, target.perturb_layers)
+    per_pass = chips_side_by_side(model, targets, config, chips)
+    hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=per_pass)
+    calibrate(hardware, data.images("val"))
+    images, labels = data.images("test"), data.labels("test")
+    accuracy = CompiledAccuracy(hardware, config.batch_size)
+    with hardware_evaluation(hardware, target, chip=0):
+        accuracy.per_chip(images, labels)  # warm-up: the one trace
+        started = time.perf_counter()
+        found = condition_accuracies(hardware, accuracy, target, chips, 0, images, labels)
+        seconds = time.perf_counter() - started
+    dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
+    flops_per_chip = sum(2 * len(labels) * int(np.prod(layer.kernel.shape)) for layer in dense)
+    peak = matmul_flops_per_second(max(dense, key=lambda layer: int(np.prod(layer.kernel.shape))).kernel.shape, quick)
+    draws_ms = chip_draw_seconds(hardware, target, len(labels), quick) * 1000
+    floor_ms = 1000 * flops_per_chip / peak + draws_ms
+    return {"model": "mlp-1bit", "target": target.label, "chips": chips, "test_images": len(labels), "chips_per_pass": per_pass,
+            "seconds": seconds, "ms_per_chip": 1000 * seconds / chips, "gflops_per_chip": flops_per_chip / 1e9,
+            "gflop_per_s": flops_per_chip * chips / seconds / 1e9, "machine_matmul_gflop_per_s": peak / 1e9,
+            "draw_ms_per_chip": draws_ms, "floor_ms_per_chip": floor_ms, "ratio_to_floor": 1000 * seconds / chips / floor_ms,
+            "seconds_at_floor": floor_ms * chips / 1000, "traces": accuracy.traces, "chips_evaluated": len(found)}
+
+
+def matmul_flops_per_second(kernel_shape, quick: bool) -> float:
+    """This machine's float32 matmul rate (FLOP/s) on a large product with the given kernel (2 cores, TensorFlow's own)."""
+    rows = 2048 if quick else 16384
+    inputs, kernel = tf.random.normal([rows, kernel_shape[0]]), tf.random.normal(list(kernel_shape))
+    product = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    float(product(inputs, kernel))
+    seconds = median_call_seconds(lambda: float(product(inputs, kernel)), 3 if quick else 10)
+    return 2 * rows * kernel_shape[0] * kernel_shape[1] / seconds
+
+
+def chip_draw_seconds(hardware, target: PerturbationConfig, images: int, quick: bool) -> float:
+    """The random numbers of one chip at ``target``, drawn alone: every active per-chip kernel
+    effect's draw for each perturbed kernel, and one N(0, 1) per output element of each random
+    per-pass output effect (the output noise) for every image."""
+    shapes = [(effect, tuple(layer.kernel.shape)) for layer in hardware_layers(hardware) for effect, params in target
+              if params.active and effect.stage is Stage.KERNEL]
+    outputs = [(images, int(layer.kernel.shape[-1])) for layer in hardware_layers(hardware) for effect, params in target
+               if params.active and effect.stage is Stage.OUTPUT and effect.sampling is Sampling.PER_PASS]
+
+    @tf.function(autograph=False)
+    def draw_all(seed):
+        total = tf.constant(0.0)
+        for effect, shape in shapes:
+            total += tf.reduce_sum(effect.draw(tf.constant(shape, tf.int32), seed))
+        for shape in outputs:
+            total += tf.reduce_sum(standard_normal(shape, seed))
+        return total
+
+    seed = tf.constant([1, 2], tf.int64)
+    float(draw_all(seed))
+    return median_call_seconds(lambda: float(draw_all(seed)), 5 if quick else 20)
+
+
+def pruning_signal_cost(data, quick: bool) -> dict:
+    """The sweep's per-epoch pruning signal (``val_target_accuracy`` on one chip of the target)
+    against the epoch it follows: a 1-bit MLP trained at the target's levels, as a sweep trial is."""
+    from pipeline.training import train
+
+    target, _ = load_target(Path(__file__).resolve().parents[1] / TARGET_HARDWARE_FILE)
+    config = ModelConfig(bits=1, hidden_units=(128,) if quick else (512, 512))
+    seed_everything(0)
+    model = attach_hardware(build_model(config), target, target.targets(config), train_seed=0)
+    timer, signal = EpochTimer(), TimedCallback(TargetValidation(data, target))
+    train(model, data, TrainConfig(epochs=2 if quick else 6), callbacks=[timer, signal], verbose=0)
+    epoch, cost = statistics.median(timer.seconds[1:]), statistics.median(signal.seconds[1:])
+    return {"model": config.label, "hidden_units": list(config.hidden_units), "train_images": len(data.y_train),
+            "epoch_s": epoch, "signal_s": cost, "first_signal_s": signal.seconds[0], "ratio": cost / epoch}
+
+
+class EpochTimer(tf.keras.callbacks.Callback):
+    """Seconds of each epoch (training steps and Keras' validation), before later callbacks' epoch ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.started = [], 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+class TimedCallback(tf.keras.callbacks.Callback):
+    """Runs ``callback`` and keeps the seconds of each of its epoch ends."""
+
+    def __init__(self, callback: tf.keras.callbacks.Callback):
+        super().__init__()
+        self.callback, self.seconds = callback, []
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self.callback.on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        started = time.perf_counter()
+        self.callback.on_epoch_end(epoch, logs)
+        self.seconds.append(time.perf_counter() - started)
+
+
 def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
     """A whole robustness evaluation (default grids, 5 chips) one chip per pass vs side by side:
     medians over interleaved repeats, and whether the two give the same table."""
@@ -218,8 +343,8 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
         model = build_model(ModelConfig(arch=arch, bits=1))
         target = ALL_EFFECTS.replace(perturb_layers=layers)
         chips = 2 if quick else 5
-        configs = {"one_chip": RobustnessConfig(chips=chips, target=target, chips_per_pass=1),
-                   "side_by_side": RobustnessConfig(chips=chips, target=target, chips_per_pass=chips)}
+        configs = {"one_chip": RobustnessConfig(chips=chips, target_chips=chips, target=target, chips_per_pass=1),
+                   "side_by_side": RobustnessConfig(chips=chips, target_chips=chips, target=target, chips_per_pass=chips)}
         seconds, tables = {key: [] for key in configs}, {}
         for _ in range(1 if quick else 3):
             for key, config in configs.items():
@@ -227,7 +352,7 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
                 seconds[key].append(result.seconds)
                 tables[key] = result.chips
         one, side = statistics.median(seconds["one_chip"]), statistics.median(seconds["side_by_side"])
-        chosen = chips_side_by_side(model, model_targets(model, layers), RobustnessConfig(chips=chips, target=target))
+        chosen = chips_side_by_side(model, model_targets(model, layers), RobustnessConfig(target=target), chips)
         memory = {key: evaluation_peak_mb(arch, layers, config.chips, config.chips_per_pass, quick) if name == "mnist-bundled" else None
                   for key, config in configs.items()}
         rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "data": name, "test_images": len(dataset.y_test),
@@ -256,20 +381,22 @@ def measure_evaluation_peak(arch: str, layers: str, chips: int, chips_per_pass: 
     model = build_model(ModelConfig(arch=arch, bits=1))
     target = ALL_EFFECTS.replace(perturb_layers=layers)
     before = resident_memory_mb("VmHWM")
-    evaluate_robustness(model, data, RobustnessConfig(chips=chips, target=target, chips_per_pass=chips_per_pass), progress=None)
+    evaluate_robustness(model, data, RobustnessConfig(chips=chips, target_chips=chips, target=target, chips_per_pass=chips_per_pass),
+                        progress=None)
     return {"peak_mb_added": resident_memory_mb("VmHWM") - before}
 
 
 def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
     seed_everything(0)
     model = build_model(ModelConfig(bits=1))
-    config = RobustnessConfig(chips=1, target=ALL_EFFECTS)
+    config = RobustnessConfig(chips=1, target_chips=1, target=ALL_EFFECTS)
     rows = []
     sets = [("mnist-bundled", data)] + ([] if fashion is None else [("fashion-mnist", fashion)])
     for name, dataset in sets:
         evaluate_robustness(model, dataset, config, progress=None)  # warm-up
         for chips in ((1, 2) if quick else (1, 5, 20)):
-            result = evaluate_robustness(model, dataset, RobustnessConfig(chips=chips, target=ALL_EFFECTS), progress=None)
+            result = evaluate_robustness(model, dataset, RobustnessConfig(chips=chips, target_chips=chips, target=ALL_EFFECTS),
+                                         progress=None)
             evaluations = len(result.chips) + 1  # (level, chip) pairs evaluated, and the clean accuracy
             rows.append({"data": name, "test_images": len(dataset.y_test), "chips": chips, "chip_evaluations": evaluations,
                          "seconds": result.seconds,
@@ -293,7 +420,8 @@ def sweep_costs(quick: bool, output: Path) -> dict:
     model_config = ModelConfig(bits=1, hidden_units=(128,) if quick else (512, 512))
     train_config = TrainConfig(epochs=2 if quick else 5)
     space = load_space(Path(__file__).resolve().parents[1] / "sweeps" / "space.yaml")
-    robustness = RobustnessConfig(chips=2 if quick else 5, target=space.target)
+    robustness = RobustnessConfig(chips=2 if quick else 5, target_chips=20 if quick else SWEEP_TARGET_CHIPS, target=space.target,
+                                  accuracy_spec=space.accuracy_spec)
     sweep = SweepConfig(n_trials=n_trials, storage=f"sqlite:///{store / 'optuna.db'}", compare=False)
     started = time.perf_counter()
     study = run_sweep(data_config, model_config, train_config, robustness, space, sweep, prepare(data_config))
@@ -345,6 +473,22 @@ def markdown(results: dict) -> str:
               f"+ fixed call cost {r['fixed_call_ms']:.1f} ms + {r['ms_per_1k_images']:.1f} ms per 1,000 images. Side by side, "
               f"{side['chips_per_pass']} chips: {side['pass_ms']:.1f} ms per pass, programming {side['programming_ms']:.1f} ms (the chips' "
               f"deviation draws are kept across levels; a new level rescales them): {r['side_by_side_speedup']:.2f}x the images per second."]
+    if "target_yield" in results:
+        t = results["target_yield"]
+        lines += ["", f"Target condition on many chips (the yield): {t['model']} at `{t['target']}`, {t['chips']:,} chips x "
+                      f"{t['test_images']:,} test images, {t['chips_per_pass']} chips per pass, programming included: "
+                      f"**{t['seconds']:.1f} s** (goal <= {results['targets']['target_yield_s']:.0f} s), {t['ms_per_chip']:.1f} ms per chip, "
+                      f"{t['gflop_per_s']:.0f} GFLOP/s reached. This machine's floor, measured in the same run: "
+                      f"{t['gflops_per_chip']:.2f} GFLOP per chip at its best matmul rate ({t['machine_matmul_gflop_per_s']:.0f} GFLOP/s) "
+                      f"plus {t['draw_ms_per_chip']:.1f} ms of random numbers per chip = {t['floor_ms_per_chip']:.1f} ms per chip, "
+                      f"{t['seconds_at_floor']:.1f} s for the chips: the evaluation runs at {t['ratio_to_floor']:.2f}x the floor."]
+    if "pruning_signal" in results:
+        p = results["pruning_signal"]
+        lines += ["", f"Sweep pruning signal (`val_target_accuracy`, one chip of the target on the validation split, every epoch): "
+                      f"{1000 * p['signal_s']:.0f} ms against a {1000 * p['epoch_s']:.0f} ms epoch of the {p['model']} "
+                      f"({p['train_images']:,} training images) = **{100 * p['ratio']:.1f} %** of an epoch "
+                      f"(goal <= {100 * results['targets']['pruning_signal']:.0f} %; the first epoch's, tracing included: "
+                      f"{1000 * p['first_signal_s']:.0f} ms)."]
     lines += ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
               "| speedup | peak memory added, one chip / side by side | same table | automatic chips per pass |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -376,6 +520,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--only", default="", help="comma-separated sections to measure again; the others are kept "
+                                                   "from the existing results.json")
     parser.add_argument("--evaluation-peak", nargs=4, metavar=("ARCH", "LAYERS", "CHIPS", "CHIPS_PER_PASS"),
                         help=argparse.SUPPRESS)  # one measurement in this fresh process (used by the benchmark)
     args = parser.parse_args(argv)
@@ -390,11 +536,28 @@ def main(argv=None) -> int:
     if not args.quick and Path("/usr/share/datasets/fashion-mnist").is_dir():
         fashion = prepare(DataConfig(dataset="fashion_mnist", source="path", data_path="/usr/share/datasets/fashion-mnist"))
     results = {"quick": args.quick, "machine": machine(), "targets": TARGETS}
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    sections = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
+                "robustness_scaling")
+    if unknown := [name for name in only if name not in sections]:
+        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+    if only:
+        if not (output / "results.json").is_file():
+            parser.error(f"--only updates {output / 'results.json'}, which does not exist: run every section first")
+        earlier = json.loads((output / "results.json").read_text())
+        if earlier.get("quick") != args.quick:
+            parser.error(f"--only: {output / 'results.json'} is a {'quick' if earlier.get('quick') else 'full'} run; "
+                         "measure the same kind (with or without --quick)")
+        results = {**earlier, **results}
     for name, step in (("training_overhead", lambda: training_overhead(data, args.quick)),
                        ("robustness_throughput", lambda: robustness_throughput(data, args.quick)),
+                       ("target_yield", lambda: target_yield_evaluation(data, args.quick)),
+                       ("pruning_signal", lambda: pruning_signal_cost(data, args.quick)),
                        ("sweep", lambda: sweep_costs(args.quick, output)),  # before the CNN side by side's memory peak
                        ("chips_side_by_side", lambda: side_by_side_evaluations(data, fashion, args.quick)),
                        ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick))):
+        if only and name not in only:
+            continue
         print(f"[benchmark] {name} ...", flush=True)
         results[name] = step()
     (output / "results.json").write_text(json.dumps(results, indent=2))

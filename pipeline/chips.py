@@ -125,24 +125,42 @@ def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = Non
 
 def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024) -> dict[str, tuple[float, float]]:
     """Measure each hardware-aware layer's clean output range [min, max] on ``images`` (for relative saturation)."""
-    layers = hardware_layers(model)
-    if not layers:
-        return {}
-    if any(bool(layer.hardware_state.evaluating.numpy()) for layer in layers):
-        raise RuntimeError("calibrate() measures the clean outputs: call it outside hardware_evaluation()")
-    probe = tf.keras.Model(model.inputs, [layer.output for layer in layers])
-    parts = chips_per_pass(model)  # outside an evaluation every part computes the same: share the images
-    ranges = {layer.name: [np.inf, -np.inf] for layer in layers}
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        if len(batch) % parts:  # equal parts, filled up with repeats of the batch (min and max unchanged)
-            batch = np.resize(batch, (-(-len(batch) // parts) * parts, *batch.shape[1:]))
-        outputs = probe(batch, training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for layer, output in zip(layers, outputs):
-            ranges[layer.name][0] = min(ranges[layer.name][0], float(tf.reduce_min(output)))
-            ranges[layer.name][1] = max(ranges[layer.name][1], float(tf.reduce_max(output)))
-    for layer in layers:
-        layer.hardware_state.calibrated_lo.assign(ranges[layer.name][0])
-        layer.hardware_state.calibrated_hi.assign(ranges[layer.name][1])
-    return {name: (lo, hi) for name, (lo, hi) in ranges.items()}
+    return Calibration(model, batch_size)(images)
+
+
+class Calibration:
+    """Measures the clean output range of ``model``'s hardware-aware layers and stores it in them;
+    the probe is built and compiled once, so measuring again (every epoch of a sweep trial) is one pass."""
+
+    def __init__(self, model: tf.keras.Model, batch_size: int = 1024):
+        self.model, self.layers, self.batch_size = model, hardware_layers(model), batch_size
+        if self.layers:
+            probe = tf.keras.Model(model.inputs, [layer.output for layer in self.layers])
+
+            def ranges(batch):
+                return [(tf.reduce_min(output), tf.reduce_max(output)) for output in tf.nest.flatten(probe(batch, training=False))]
+
+            self._ranges = tf.function(ranges, autograph=False, reduce_retracing=True)
+
+    def __call__(self, images: np.ndarray) -> dict[str, tuple[float, float]]:
+        if not self.layers:
+            return {}
+        if any(bool(layer.hardware_state.evaluating.numpy()) for layer in self.layers):
+            raise RuntimeError("calibrate() measures the clean outputs: call it outside hardware_evaluation()")
+        parts = chips_per_pass(self.model)  # outside an evaluation every part computes the same: share the images
+        ranges = np.array([[np.inf, -np.inf]] * len(self.layers))
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            if len(batch) % parts:  # equal parts, filled up with repeats of the batch (min and max unchanged)
+                batch = np.resize(batch, (-(-len(batch) // parts) * parts, *batch.shape[1:]))
+            found = np.array([[float(lo), float(hi)] for lo, hi in self._ranges(tf.constant(batch, tf.float32))])
+            ranges = np.column_stack([np.minimum(ranges[:, 0], found[:, 0]), np.maximum(ranges[:, 1], found[:, 1])])
+        for layer, (lo, hi) in zip(self.layers, ranges):
+            layer.hardware_state.calibrated_lo.assign(lo)
+            layer.hardware_state.calibrated_hi.assign(hi)
+        return {layer.name: (float(lo), float(hi)) for layer, (lo, hi) in zip(self.layers, ranges)}
+
+
+def needs_calibration(config: PerturbationConfig) -> bool:
+    """Whether an active effect of ``config`` reads the calibrated clean output range."""
+    return any(params.active and effect.uses_clean_range(params) for effect, params in config)

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig, as_text
 from pipeline.effects import EFFECTS, PARAMETERS
-from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, load_target_hardware
+from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, load_target
 from pipeline.validation import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -92,8 +92,13 @@ def add_perturbation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perturb_layers", default="", help="hidden | dense | all | comma-separated layer names")
 
 
-def add_robustness_arguments(parser: argparse.ArgumentParser, with_target: bool = True) -> None:
-    add_config_arguments(parser, RobustnessConfig, "robustness evaluation", skip=("grids", "target", "seed", "batch_size"))
+SWEEP_TARGET_CHIPS = 200  #: target chips of a sweep trial / a layer's sensitivity: enough to rank them (yield +-7 points at worst)
+
+
+def add_robustness_arguments(parser: argparse.ArgumentParser, with_target: bool = True, target_chips: int | None = None) -> None:
+    defaults = {"target_chips": target_chips} if target_chips else None
+    add_config_arguments(parser, RobustnessConfig, "robustness evaluation", skip=("grids", "target", "seed", "batch_size"),
+                         defaults=defaults)
     group = parser.add_argument_group("robustness curves (one per effect)")
     for effect in EFFECTS:
         grid = as_text(effect.curve.grid)
@@ -101,7 +106,7 @@ def add_robustness_arguments(parser: argparse.ArgumentParser, with_target: bool 
                            help=f"levels of {effect.curve.parameter} on the {effect.name} curve: {effect.curve.label} "
                                 f"[default: {grid}]".replace("%", "%%"))
     if with_target:
-        parser.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels")
+        parser.add_argument("--target", default=TARGET_HARDWARE_FILE, help="YAML file of the target hardware's levels and accuracy_spec")
 
 
 def resolve_project_file(path: str) -> Path:
@@ -112,10 +117,14 @@ def resolve_project_file(path: str) -> Path:
     return Path(__file__).resolve().parents[1] / candidate
 
 
-def robustness_config(args: argparse.Namespace, target: PerturbationConfig | None = None) -> RobustnessConfig:
+def robustness_config(args: argparse.Namespace,
+                      target: tuple[PerturbationConfig, float | None] | None = None) -> RobustnessConfig:
+    """From the arguments and the target (hardware, accuracy spec): ``--target``'s file unless given;
+    ``--accuracy_spec`` overrides the target's spec."""
     grids = {effect.name: getattr(args, f"{effect.name}_grid") for effect in EFFECTS}
-    return RobustnessConfig(**given(args, RobustnessConfig, skip=("grids", "target", "batch_size")), grids=grids,
-                            target=target or load_target_hardware(resolve_project_file(args.target)))
+    hardware, accuracy_spec = target or load_target(resolve_project_file(args.target))
+    values = {"accuracy_spec": accuracy_spec, **given(args, RobustnessConfig, skip=("grids", "target", "batch_size"))}
+    return RobustnessConfig(**values, grids=grids, target=hardware)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,7 +233,10 @@ def run_sweep(args: argparse.Namespace) -> None:
     data_cfg, model_cfg, train_cfg = data_config(args), model_config(args, args.bits), train_config(args)
     sweep_cfg = SweepConfig(**given(args, SweepConfig))
     space = load_space(resolve_project_file(sweep_cfg.space))
-    robust_cfg = robustness_config(args, target=space.target)
+    robust_cfg = robustness_config(args, target=(space.target, space.accuracy_spec))
+    if sweep_cfg.objective.needs_spec and robust_cfg.accuracy_spec is None:
+        raise ConfigError("accuracy_spec", f"objective={sweep_cfg.objective.value} needs a specification: set accuracy_spec "
+                                           f"in the target hardware file or pass accuracy_spec=0.9 (a test accuracy in [0, 1])")
     space.target.targets(model_cfg)
     levels_from({**space.fixed, **{name: r.low for name, r in space.ranges.items()}}).targets(model_cfg)
     from pipeline import data as data_module
@@ -250,12 +262,12 @@ def run_cleanup(args: argparse.Namespace) -> None:
     print(f"[cleanup] {len(stale)} run(s) left RUNNING by a crash marked FAILED")
 
 
-def run_evaluate(args: argparse.Namespace) -> None:
+def logged_model(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(model URI, its training run id, its data URI) from ``--model_uri`` or ``--run_id`` (and ``--data_uri``)."""
+    from pipeline import tracking
+
     if bool(args.model_uri) == bool(args.run_id):
         raise ConfigError("model_uri", "give exactly one of model_uri (e.g. models:/m-...) or run_id (a training run)")
-    robust_cfg = robustness_config(args)
-    from pipeline import stages, tracking
-
     tracking.use_experiment()
     try:
         run_id = args.run_id
@@ -269,7 +281,28 @@ def run_evaluate(args: argparse.Namespace) -> None:
         raise ConfigError("run_id" if args.run_id else "model_uri", str(error).splitlines()[0]) from None
     if not data_uri:
         raise ConfigError("data_uri", "the model's run records no data_uri: pass data_uri=runs:/<prepare run>/data/prepared.npz")
-    stages.evaluate_stage(model_uri, run_id, data_uri, robust_cfg)
+    return model_uri, run_id, data_uri
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    robust_cfg = robustness_config(args)
+    from pipeline import stages
+
+    stages.evaluate_stage(*logged_model(args), robust_cfg)
+
+
+def run_sensitivity(args: argparse.Namespace) -> None:
+    robust_cfg = robustness_config(args)
+    from pipeline import stages
+
+    stages.sensitivity_stage(*logged_model(args), robust_cfg, layers=args.perturb_layers)
+
+
+def add_logged_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_uri", default="", help="the model, e.g. models:/m-<id> (or give --run_id)")
+    parser.add_argument("--run_id", default="", help="a training run whose model to use")
+    parser.add_argument("--data_uri", default="", help="prepared data; default: the data the model's run used")
+    parser.add_argument("--seed", default="0", help="seed of the Monte-Carlo chips")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,19 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(sweep)
     add_model_arguments(sweep, 1)
     add_train_arguments(sweep)
-    add_robustness_arguments(sweep, with_target=False)  # the search space names the target hardware
+    add_robustness_arguments(sweep, with_target=False, target_chips=SWEEP_TARGET_CHIPS)  # the space names the target hardware
     add_sweep_arguments(sweep)
     sweep.set_defaults(handler=run_sweep)
     cleanup = commands.add_parser("cleanup", help="mark runs left RUNNING by a crash as FAILED", allow_abbrev=False)
     cleanup.add_argument("--stale_hours", default="24", help="also fail RUNNING runs older than this (any host)")
     cleanup.set_defaults(handler=run_cleanup)
     evaluate = commands.add_parser("evaluate", help="robustness evaluation of a logged model", allow_abbrev=False)
-    evaluate.add_argument("--model_uri", default="", help="the model, e.g. models:/m-<id> (or give --run_id)")
-    evaluate.add_argument("--run_id", default="", help="a training run whose model to evaluate")
-    evaluate.add_argument("--data_uri", default="", help="prepared data; default: the data the model's run used")
-    evaluate.add_argument("--seed", default="0", help="seed of the Monte-Carlo chips")
+    add_logged_model_arguments(evaluate)
     add_robustness_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
+    sensitivity = commands.add_parser("sensitivity", help="per-layer sensitivity of a logged model: which layer to protect first",
+                                      allow_abbrev=False)
+    add_logged_model_arguments(sensitivity)
+    add_robustness_arguments(sensitivity, target_chips=SWEEP_TARGET_CHIPS)  # per layer: 200 chips rank the layers
+    sensitivity.add_argument("--perturb_layers", default="",
+                             help="the layers perturbed one at a time: hidden, dense, all or names [default: the target's layers]")
+    sensitivity.set_defaults(handler=run_sensitivity)
     return parser
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 from pipeline.effects import EFFECTS
 
 ROBUSTNESS_COLUMNS = (*(f"robust_auc_{effect.name}" for effect in EFFECTS), "robust_acc_target", "robust_yield_target")
+INTERVALS = ("robust_acc_target", "robust_yield_target")  #: shown with their 95 % interval ``<key>_low`` .. ``<key>_high``
 COLUMNS = {
     "model": "model",
     "stage": "stage",
@@ -22,20 +23,23 @@ COLUMNS = {
     "model_parameters": "parameters",
     "epochs": "epochs",
     **{f"robust_auc_{effect.name}": f"AUC {effect.name}" for effect in EFFECTS},
-    "robust_acc_target": "target accuracy",
-    "robust_yield_target": "target yield",
+    "robust_acc_target": "target accuracy [95% CI]",
+    "robust_yield_target": "target yield [95% CI]",
+    "accuracy_spec": "spec",
     "run_id": "run id",
 }
 
 
 def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
-    return pd.DataFrame([{key: row.get(key) for key in COLUMNS} for row in rows], columns=list(COLUMNS))
+    """One row per model: the :data:`COLUMNS`, and the bounds of the :data:`INTERVALS`."""
+    keys = [*COLUMNS, *(f"{key}_{bound}" for key in INTERVALS for bound in ("low", "high"))]
+    return pd.DataFrame([{key: row.get(key) for key in keys} for row in rows], columns=keys)
 
 
 def format_value(key: str, value: object) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # missing (NaN in a float column)
         return "-"
-    if key in ("test_accuracy", *ROBUSTNESS_COLUMNS):
+    if key in ("test_accuracy", "accuracy_spec", *ROBUSTNESS_COLUMNS):
         return f"{100 * float(value):.2f}%"
     if key == "compression_ratio":
         return f"{float(value):.1f}x"
@@ -48,9 +52,20 @@ def format_value(key: str, value: object) -> str:
     return str(value)
 
 
+def with_interval(key: str, record: Mapping[str, object]) -> str:
+    """``86.30% [85.91, 86.69]``: a value and, when known, its 95 % interval (in points)."""
+    text = format_value(key, record[key])
+    low, high = record.get(f"{key}_low"), record.get(f"{key}_high")
+    if format_value(key, record[key]) == "-" or any(bound is None or pd.isna(bound) for bound in (low, high)):
+        return text
+    return f"{text} [{100 * float(low):.2f}, {100 * float(high):.2f}]"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    headers = [COLUMNS.get(key, key) for key in table.columns]
+    columns = [key for key in table.columns if key in COLUMNS]
+    headers = [COLUMNS[key] for key in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for record in table.to_dict(orient="records"):
-        lines.append("| " + " | ".join(format_value(key, record[key]) for key in table.columns) + " |")
+        lines.append("| " + " | ".join(with_interval(key, record) if key in INTERVALS else format_value(key, record[key])
+                                       for key in columns) + " |")
     return "\n".join(lines) + "\n"

@@ -170,6 +170,8 @@ def as_text(value: Any) -> str:
 
 # --------------------------------------------------------------------------- robustness evaluation
 
+CHIP_SEED_STRIDE = 10_007  #: chip ids of seed s start at s x this: more chips than this would reach the next seed's
+
 def parse_float_list(parameter: str, value: Any, low: float, high: float | None, low_inclusive: bool = True) -> tuple[float, ...]:
     """``"0,0.5"``, ``[0, 0.5]`` or one number, as a tuple of floats within the bounds."""
     items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
@@ -201,9 +203,13 @@ class RobustnessConfig:
     target: PerturbationConfig = PerturbationConfig()
     """The target hardware: every effect at once (``sweeps/target_hardware.yaml``); also names the layers."""
     chips: int = 5
-    """Monte-Carlo chips per level (seeded draws of every per-chip effect and of the per-pass noise)."""
-    yield_tolerance: float = 0.01
-    """A chip *yields* when its accuracy is at least clean accuracy - yield_tolerance (0.01 = 1 point)."""
+    """Monte-Carlo chips per level of the one-factor curves (seeded draws of every per-chip effect
+    and of the per-pass noise)."""
+    target_chips: int = 1000
+    """Monte-Carlo chips of the target condition (its yield and mean accuracy, with 95 % intervals)."""
+    accuracy_spec: float | None = None
+    """The test accuracy a chip must reach to pass, in [0, 1]: yield = fraction of chips at or above
+    it. Default: the target hardware file's ``accuracy_spec``; none = no yield."""
     seed: int = 0
     """Seed of the chips: chip c of every level is the same chip (common random numbers)."""
     batch_size: int = 1024
@@ -211,8 +217,8 @@ class RobustnessConfig:
     chips_per_pass: int = 0
     """Chips evaluated side by side in one forward pass: the same numbers as one at a time, fewer
     and larger calls; activations of ``batch_size * chips_per_pass`` images in memory. 0 = automatic:
-    every chip of a level side by side when only dense layers are perturbed, the first one included
-    (measured faster); one at a time when a convolution is perturbed (it runs once per chip either
+    the chips of a level side by side, in passes of at most 10, when only dense layers are
+    perturbed, the first one included (measured faster); one at a time when a convolution is perturbed (it runs once per chip either
     way, with P times the memory) or plain layers come first (they would be repeated per chip)."""
 
     def __post_init__(self) -> None:
@@ -223,7 +229,14 @@ class RobustnessConfig:
         if not isinstance(self.target, PerturbationConfig):
             raise ConfigError("target", f"must be a PerturbationConfig; got {type(self.target).__name__}")
         set_("chips", require_int("chips", self.chips, minimum=1))
-        set_("yield_tolerance", require_float("yield_tolerance", self.yield_tolerance, 0.0, 1.0))
+        set_("target_chips", require_int("target_chips", self.target_chips, minimum=1))
+        for name in ("chips", "target_chips"):
+            if getattr(self, name) >= CHIP_SEED_STRIDE:
+                raise ConfigError(name, f"must be below {CHIP_SEED_STRIDE:,} (the chips of one seed); got {getattr(self, name)}")
+        if str(self.accuracy_spec).strip().lower() in ("none", ""):
+            set_("accuracy_spec", None)
+        else:
+            set_("accuracy_spec", require_float("accuracy_spec", self.accuracy_spec, 0.0, 1.0))
         set_("seed", require_int("seed", self.seed, minimum=0))
         set_("batch_size", require_int("batch_size", self.batch_size, minimum=1))
         set_("chips_per_pass", require_int("chips_per_pass", self.chips_per_pass, minimum=0))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pipeline.effects import EFFECTS, PARAMETERS, Effect, EffectParams
-from pipeline.validation import ConfigError
+from pipeline.validation import ConfigError, require_float
 
 EMPTY = (None, "")  #: text that means "not given" (and "none" where the parameter's default is None)
 
@@ -170,6 +170,7 @@ def select_layers(perturb_layers: str, dense: Sequence[str], conv: Sequence[str]
 
 
 TARGET_HARDWARE_FILE = "sweeps/target_hardware.yaml"
+ACCURACY_SPEC = "accuracy_spec"  #: the one key of a target file that is not a hardware parameter
 
 
 def read_yaml_mapping(path: str | Path, parameter: str, what: str) -> dict:
@@ -188,7 +189,18 @@ def read_yaml_mapping(path: str | Path, parameter: str, what: str) -> dict:
     return spec
 
 
-def load_target_hardware(path: str | Path, parameter: str = "target") -> PerturbationConfig:
-    """The target hardware condition from a YAML mapping of effect parameters (and ``perturb_layers``)."""
+def load_target(path: str | Path, parameter: str = "target") -> tuple[PerturbationConfig, float | None]:
+    """The target hardware (a YAML mapping of effect parameters and ``perturb_layers``) and the
+    specification a chip must meet on it (its ``accuracy_spec``, or None)."""
     spec = read_yaml_mapping(path, parameter, "target-hardware")
-    return PerturbationConfig.from_mapping(spec.get("target", spec), parameter, str(path))
+    return target_from_mapping(spec.get("target", spec), parameter, str(path))
+
+
+def target_from_mapping(mapping: dict, parameter: str, origin: str) -> tuple[PerturbationConfig, float | None]:
+    mapping = dict(mapping)
+    accuracy_spec = mapping.pop(ACCURACY_SPEC, None)
+    if accuracy_spec in EMPTY or str(accuracy_spec).strip().lower() == "none":
+        accuracy_spec = None
+    else:
+        accuracy_spec = require_float(f"{parameter}: {ACCURACY_SPEC}", accuracy_spec, 0.0, 1.0)
+    return PerturbationConfig.from_mapping(mapping, parameter, origin), accuracy_spec

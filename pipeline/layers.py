@@ -91,13 +91,12 @@ class HardwareState:
         """Every chip's draws of ``effect``: drawn when the chips change, not when only the level does."""
         chips = tuple(int(chip) for chip in self.chips.numpy())
         if self.draws_of.get(effect.name) != chips:
-            draw = compiled_draw(effect)
-            for index, chip in enumerate(chips):
-                seed = tf.constant([chip * SEED_MIX + self.salt + effect.stream, 0], tf.int64)
-                drawn = draw(tf.constant(self.kernel_shape, tf.int32), seed)
-                if effect.name not in self.chip_draws:  # an effect's draws may have more axes than the kernel
-                    self.chip_draws[effect.name] = tf.Variable(tf.zeros([len(chips), *drawn.shape]), trainable=False)
-                self.chip_draws[effect.name][index].assign(drawn)
+            seeds = tf.constant([[chip * SEED_MIX + self.salt + effect.stream, 0] for chip in chips], tf.int64)
+            drawn = compiled_draws(effect)(tf.constant(self.kernel_shape, tf.int32), seeds)
+            if effect.name not in self.chip_draws:  # an effect's draws may have more axes than the kernel
+                self.chip_draws[effect.name] = tf.Variable(drawn, trainable=False)
+            else:
+                self.chip_draws[effect.name].assign(drawn)
             self.draws_of[effect.name] = chips
         return self.chip_draws[effect.name]
 
@@ -105,11 +104,15 @@ class HardwareState:
 _COMPILED_DRAWS: dict[str, tf.types.experimental.GenericFunction] = {}
 
 
-def compiled_draw(effect: Effect):
-    """``effect.draw`` compiled once for every kernel shape (twice as fast as the same ops eagerly)."""
+def compiled_draws(effect: Effect):
+    """``effect.draw`` of every chip (one seed each, stacked), compiled once for every kernel shape
+    and number of chips: one call programs all chips of a pass."""
     if effect.name not in _COMPILED_DRAWS:
+        def draw_all(shape, seeds):
+            return tf.map_fn(lambda seed: effect.draw(shape, seed), seeds, fn_output_signature=tf.float32)
+
         _COMPILED_DRAWS[effect.name] = tf.function(
-            effect.draw, autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64)])
+            draw_all, autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 2], tf.int64)])
     return _COMPILED_DRAWS[effect.name]
 
 
@@ -262,10 +265,18 @@ class HardwareAwareMixin:
         return self.activation(outputs) if self.activation is not None else outputs
 
     def _chips_accumulate(self, quantized, kernels):
-        """Each chip's part of the batch with that chip's kernel, stacked (one part when P = 1)."""
-        if self.chips_per_pass == 1:
+        """Each chip's part of the batch with that chip's kernel, stacked (one part when P = 1): dense
+        layers on flat inputs as one batched matmul (P x part x fan-in times P x fan-in x units)."""
+        chips = self.chips_per_pass
+        if chips == 1:
             return self._accumulate(quantized, kernels[0])
-        parts = tf.split(quantized, self.chips_per_pass, axis=0)
+        if self.is_dense_on_flat(quantized):
+            parts = tf.reshape(quantized, [chips, -1, quantized.shape[-1]])
+            outputs = tf.reshape(tf.matmul(parts, kernels), [-1, kernels.shape[-1]])
+            if self.use_bias:
+                outputs = tf.nn.bias_add(outputs, self.bias)
+            return self.activation(outputs) if self.activation is not None else outputs
+        parts = tf.split(quantized, chips, axis=0)
         return tf.concat([self._accumulate(part, kernels[index]) for index, part in enumerate(parts)], axis=0)
 
     def _clean_range(self, clean, training: bool):

@@ -44,28 +44,73 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str) -> Figure
 
 
 def comparison_figure(rows: Sequence[Mapping[str, float | str]]) -> Figure:
-    """Test accuracy and packed model size of each compared model, side by side."""
-    figure = Figure(figsize=(9, 3.8))
-    acc_axes, size_axes = figure.subplots(1, 2)
+    """Each compared model: clean and target accuracy (95 % interval over chips), packed size, and
+    the target yield at the spec with its 95 % Wilson interval."""
+    with_yield = [row for row in rows if row.get("robust_yield_target") is not None]
+    figure = Figure(figsize=(13 if with_yield else 9, 3.8))
+    acc_axes, size_axes, *yield_axes = figure.subplots(1, 3 if with_yield else 2)
     names = [f"{row['stage']}\n{row['model']}" for row in rows]
     colors = [f"C{i}" for i in range(len(rows))]
     accuracies = [100 * float(row["test_accuracy"]) for row in rows]
     sizes = [float(row["model_size_packed_bytes"]) / 1024 for row in rows]
-    acc_axes.bar(names, accuracies, color=colors)
-    acc_axes.set(ylabel="test accuracy (%)", ylim=(max(0.0, min(accuracies) - 10), 100), title="accuracy")
+    acc_axes.bar(names, accuracies, color=colors, label="clean test accuracy")
+    lowest = min(accuracies)
+    if all(row.get("robust_acc_target") is not None for row in rows):
+        means, errors = interval_bars(rows, "robust_acc_target")
+        acc_axes.errorbar(range(len(rows)), means, yerr=errors, fmt="D", color="black", capsize=4,
+                          label="target hardware (95% CI over chips)")
+        acc_axes.legend(fontsize=7, loc="lower right")
+        lowest = min(lowest, *means)
+    acc_axes.set(ylabel="test accuracy (%)", ylim=(max(0.0, lowest - 10), 100), title="accuracy")
     size_axes.bar(names, sizes, color=colors)
     size_axes.set(ylabel="packed size (KiB)", yscale="log", title="model size (weights at their bit width)")
     for axes, values, fmt in ((acc_axes, accuracies, "{:.2f}%"), (size_axes, sizes, "{:.1f} KiB")):
         for index, value in enumerate(values):
             axes.annotate(fmt.format(value), (index, value), ha="center", va="bottom", fontsize=8)
+    if with_yield:
+        means, errors = interval_bars(rows, "robust_yield_target")
+        yield_axes[0].bar(names, means, color=colors, yerr=errors, capsize=4)
+        spec = with_yield[0].get("accuracy_spec")
+        yield_axes[0].set(ylabel="chips meeting the spec (%)", ylim=(0, 105),
+                          title="target yield" + (f" at spec {100 * float(spec):.1f}%" if spec is not None else "") + " (95% CI)")
+    for axes in (acc_axes, size_axes, *yield_axes):
         axes.tick_params(axis="x", labelrotation=15)
     figure.tight_layout()
     return figure
 
 
+def interval_bars(rows: Sequence[Mapping], key: str) -> tuple[list[float], np.ndarray]:
+    """Values of ``key`` in percent, and their distances to ``<key>_low`` / ``<key>_high`` (error bars)."""
+    means = [100 * float(row[key]) if row.get(key) is not None else np.nan for row in rows]
+    lows = [100 * float(row.get(f"{key}_low", row[key])) if row.get(key) is not None else np.nan for row in rows]
+    highs = [100 * float(row.get(f"{key}_high", row[key])) if row.get(key) is not None else np.nan for row in rows]
+    return means, np.array([np.subtract(means, lows), np.subtract(highs, means)])
+
+
+def target_distribution_figure(accuracies: np.ndarray, accuracy_spec: float | None, summaries: Mapping[str, float],
+                               title: str) -> Figure:
+    """Histogram of the chips' test accuracies at the target condition, with the spec line and the yield."""
+    figure = Figure(figsize=(6.5, 4))
+    axes = figure.add_subplot()
+    values = 100 * np.asarray(accuracies, dtype=float)
+    axes.hist(values, bins=min(40, max(5, len(values) // 10)), color="C0", alpha=0.8)
+    axes.axvline(100 * summaries["robust_acc_target"], color="black", linestyle="--", linewidth=1,
+                 label=f"mean {100 * summaries['robust_acc_target']:.2f}% "
+                       f"[{100 * summaries['robust_acc_target_low']:.2f}, {100 * summaries['robust_acc_target_high']:.2f}]")
+    if accuracy_spec is not None and "robust_yield_target" in summaries:
+        axes.axvline(100 * accuracy_spec, color="C3", linewidth=2,
+                     label=f"spec {100 * accuracy_spec:.1f}%: yield {100 * summaries['robust_yield_target']:.1f}% "
+                           f"[{100 * summaries['robust_yield_target_low']:.1f}, {100 * summaries['robust_yield_target_high']:.1f}]")
+    axes.set(xlabel="test accuracy of the chip (%)", ylabel="chips", title=f"{title} ({len(values)} chips)")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def robustness_figure(curves_by_model: Mapping[str, "pd.DataFrame"], title: str) -> Figure:
-    """Accuracy vs perturbation strength, one panel per effect: the mean over chips with a band
-    from the worst to the best chip, and each model's target-condition mean as a dotted line."""
+    """Accuracy vs perturbation strength, one panel per effect: the mean over chips with its 95 %
+    interval as a band, and each model's target-condition mean as a dotted line."""
     from pipeline.effects import EFFECTS
 
     figure = Figure(figsize=(4.4 * len(EFFECTS), 4.2))
@@ -76,7 +121,8 @@ def robustness_figure(curves_by_model: Mapping[str, "pd.DataFrame"], title: str)
             curve = curves.loc[curves.effect == effect.name].sort_values("level")
             levels = curve["level"].to_numpy()
             axes.plot(levels, 100 * curve["acc_mean"], "-o", color=color, markersize=3, label=label)
-            axes.fill_between(levels, 100 * curve["acc_min"], 100 * curve["acc_max"], color=color, alpha=0.2)
+            low, high = ("acc_low", "acc_high") if "acc_low" in curve else ("acc_min", "acc_max")  # runs of older versions
+            axes.fill_between(levels, 100 * curve[low], 100 * curve[high], color=color, alpha=0.25)
             if len(target):
                 axes.axhline(100 * float(target.iloc[0]), color=color, linestyle=":", linewidth=1)
     for axes, effect in zip(panels, EFFECTS):
@@ -87,8 +133,27 @@ def robustness_figure(curves_by_model: Mapping[str, "pd.DataFrame"], title: str)
             axes.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
         if effect.curve.stronger_when_smaller:
             axes.invert_xaxis()  # the stronger effect to the right
-    panels[0].set_ylabel("test accuracy (%)  [band: min..max over chips]")
+    panels[0].set_ylabel("test accuracy (%)  [band: 95% CI of the mean over chips]")
     panels[0].legend(title="dotted: target condition", fontsize=8, title_fontsize=8)
     figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def sensitivity_figure(table: "pd.DataFrame", title: str) -> Figure:
+    """Heatmap: accuracy drop (points) with one layer perturbed at a time, layers x (effects, target)."""
+    layers = list(dict.fromkeys(table["layer"]))
+    effects = list(dict.fromkeys(table["effect"]))
+    drops = 100 * table.pivot(index="layer", columns="effect", values="drop").loc[layers, effects].to_numpy()
+    figure = Figure(figsize=(1.6 * len(effects) + 2.5, 0.6 * len(layers) + 2))
+    axes = figure.add_subplot()
+    image = axes.imshow(drops, cmap="Reds", vmin=0, vmax=max(float(np.nanmax(drops)), 1e-9), aspect="auto")
+    for (row, col), value in np.ndenumerate(drops):
+        axes.text(col, row, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                  color="white" if value > 0.6 * np.nanmax(drops) else "black")
+    axes.set(xticks=range(len(effects)), xticklabels=[f"{name}\n(curve mean)" if name != "target" else "target"
+                                                      for name in effects],
+             yticks=range(len(layers)), yticklabels=layers, title=title)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="accuracy drop (points), only this layer perturbed")
     figure.tight_layout()
     return figure

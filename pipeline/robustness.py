@@ -5,19 +5,22 @@ Protocol (after IBM aihwkit's: program a chip once, read it many times):
 * The model is copied with its targeted layers hardware-aware (:func:`attach_hardware`), and each
   layer's clean output range is calibrated on the validation split (for relative clipping).
 * One-factor curves, one per effect of the registry (``pipeline/effects``: its grid, every other
-  effect off) -- plus the ``target`` condition (every effect at the target hardware's levels).
-  Each level is evaluated on K chips: chip ``c`` is a seeded draw of every per-chip effect (the
-  same chip ``c`` at every level) with seeded, fresh-per-batch per-pass effects. Levels without
-  randomness (pure saturation) are evaluated once.
-* Per level: mean, std, min and 5th percentile of test accuracy over chips, and the **yield**:
-  the fraction of chips whose accuracy is at least ``clean - yield_tolerance``.
+  effect off), each level on ``chips`` chips -- then the ``target`` condition (every effect at the
+  target hardware's levels) on ``target_chips`` chips (default 1,000). Chip ``c`` is a seeded
+  draw of every per-chip effect (the same chip ``c`` at every level, whatever the batching) with
+  seeded, fresh-per-batch per-pass effects. Levels without randomness (pure saturation) are
+  evaluated once: every chip is the same.
+* Per level: mean accuracy over chips with its 95 % interval, std, min, max and 5th percentile,
+  and -- given a specification ``accuracy_spec`` (the test accuracy a chip must reach; the target
+  file's) -- the **yield**, the fraction of chips at or above it, with its 95 % Wilson interval
+  (:mod:`pipeline.statistics`).
 * Summaries: ``robust_auc_<effect>`` = mean accuracy over the effect's grid (in [0, 1]),
-  ``robust_acc_target`` and ``robust_yield_target``.
+  ``robust_acc_target`` (``_low``, ``_high``) and ``robust_yield_target`` (``_low``, ``_high``).
 
 Levels and chips are variables: the whole grid runs through one traced function (no retracing).
-Several chips can share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: every
-chip of a level when only dense layers are perturbed, the first one included): the table is the
-same, bit for bit, as one chip per pass; the calls are fewer and larger.
+Several chips share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: the chips
+of a level in passes of at most 10 when only dense layers are perturbed, the first one included):
+the table is the same, bit for bit, as one chip per pass; the calls are fewer and larger.
 """
 
 from __future__ import annotations
@@ -32,30 +35,34 @@ import pandas as pd
 import pipeline  # noqa: F401
 import tensorflow as tf
 
-from pipeline.config import RobustnessConfig
+from pipeline.config import CHIP_SEED_STRIDE, RobustnessConfig
 from pipeline.data import PreparedData
 from pipeline.effects import EFFECTS, Sampling
 from pipeline.hardware import PerturbationConfig, curve_point, select_layers
+from pipeline.statistics import mean_interval, yield_estimate
 from pipeline.chips import (
+    Calibration,
     attach_hardware,
     calibrate,
     chips_per_pass,
     hardware_evaluation,
     hardware_layers,
+    needs_calibration,
     plain_class,
     set_condition,
 )
 
-CHIP_SEED_STRIDE = 10_007
+MAX_CHIPS_PER_PASS = 10  #: automatic side by side: at most this many chips per pass (measured fastest: 5-10; memory: P kernels, P x batch activations)
+PROGRESS_CHIPS = 200  #: a condition of at least this many chips reports its progress
 
 
 @dataclass(frozen=True)
 class RobustnessResult:
-    chips: pd.DataFrame  #: one row per (effect, level, chip): accuracy
-    curves: pd.DataFrame  #: one row per (effect, level): acc_mean, acc_std, acc_min, acc_p5, yield
+    chips: pd.DataFrame  #: one row per (effect, level, chip): accuracy; ``random``: False where every chip is the same
+    curves: pd.DataFrame  #: one row per (effect, level): acc_mean with acc_low..acc_high, acc_std, acc_min, acc_p5, yield..
     clean_accuracy: float
     summaries: dict[str, float]
-    traces: int  #: how often the evaluation function was traced (1 = no retracing across the grid)
+    traces: int  #: how often an evaluation function was traced at most (1 = no retracing across the grid)
     seconds: float
 
 
@@ -75,16 +82,20 @@ def conditions(config: RobustnessConfig) -> list[tuple[str, int, float, Perturba
     return [*points, ("target", 0, 1.0, config.target)]
 
 
-def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: RobustnessConfig) -> int:
-    """How many chips one pass evaluates (see ``RobustnessConfig.chips_per_pass``; 0 = automatic)."""
+def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: RobustnessConfig, chips: int) -> int:
+    """How many of ``chips`` chips one pass evaluates (``RobustnessConfig.chips_per_pass``; 0 =
+    automatic: all of them, at most :data:`MAX_CHIPS_PER_PASS`, in passes of equal size)."""
     if config.chips_per_pass:
-        return min(config.chips_per_pass, config.chips)
+        return min(config.chips_per_pass, chips)
     import larq as lq
 
     weighted = [layer for layer in model.layers if plain_class(layer) in (lq.layers.QuantDense, lq.layers.QuantConv2D)]
     perturbed = [layer for layer in weighted if layer.name in targets]
     dense_only = all(plain_class(layer) is lq.layers.QuantDense for layer in perturbed)
-    return config.chips if perturbed and dense_only and weighted[0] is perturbed[0] else 1
+    if not (perturbed and dense_only and weighted[0] is perturbed[0]):
+        return 1
+    passes = -(-chips // MAX_CHIPS_PER_PASS)
+    return -(-chips // passes)
 
 
 def is_random(levels: PerturbationConfig) -> bool:
@@ -108,7 +119,7 @@ class CompiledAccuracy:
         self.traces = 0
         chips = self.chips
 
-        @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
+        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
                                       tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.bool)])
         def correct(images, labels, stack):
             """Hits per chip; ``stack``: give every chip all of ``images`` (else they are the parts)."""
@@ -147,53 +158,73 @@ def evaluate_robustness(
 ) -> RobustnessResult:
     started = time.perf_counter()
     targets = model_targets(model, config.target.perturb_layers)
-    side_by_side = chips_side_by_side(model, targets, config)
-    hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
-    calibrate(hardware, data.images("val"))
     images, labels = data.images("test"), data.labels("test")
-    accuracy = CompiledAccuracy(hardware, config.batch_size)
-    clean = accuracy.one_chip(images, labels)
     first_chip = config.seed * CHIP_SEED_STRIDE
-    rows = []
-    with hardware_evaluation(hardware, PerturbationConfig(), chip=first_chip):
-        for effect, index, level, levels in conditions(config):
-            point = {"effect": effect, "level_index": index, "level": level}
-            if not is_random(levels):  # no randomness: one chip says it all
-                set_condition(hardware, levels, first_chip)
-                rows.append({**point, "chip": 0, "accuracy": accuracy.one_chip(images, labels)})
-            for start in range(0, config.chips if is_random(levels) else 0, side_by_side):
-                set_condition(hardware, levels, first_chip + start)  # programs the pass's chips once
-                for chip, chip_accuracy in enumerate(accuracy.per_chip(images, labels)[: config.chips - start], start=start):
-                    rows.append({**point, "chip": chip, "accuracy": float(chip_accuracy)})
-            if progress and (effect == "target" or index == len(config.grids[effect]) - 1):
-                done = pd.DataFrame([r for r in rows if r["effect"] == effect]).groupby("level", sort=False)["accuracy"].mean()
-                progress(f"[robustness] {effect:<10} " + "  ".join(f"{lvl:g}:{100 * acc:.1f}%" for lvl, acc in done.items()))
+    rows, traces, clean, hardware = [], 0, None, None
+    for chips, conditions_of_pass in ((config.chips, conditions(config)[:-1]), (config.target_chips, conditions(config)[-1:])):
+        side_by_side = chips_side_by_side(model, targets, config, chips)
+        if hardware is None or chips_per_pass(hardware) != side_by_side:  # the curves' copy serves the target when it can
+            hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
+            calibrate(hardware, data.images("val"))
+            accuracy = CompiledAccuracy(hardware, config.batch_size)
+        clean = accuracy.one_chip(images, labels) if clean is None else clean
+        with hardware_evaluation(hardware, PerturbationConfig(), chip=first_chip):
+            for effect, index, level, levels in conditions_of_pass:
+                point = {"effect": effect, "level_index": index, "level": level, "random": is_random(levels)}
+                rows += [{**point, "chip": chip, "accuracy": value}
+                         for chip, value in condition_accuracies(hardware, accuracy, levels, chips, first_chip, images, labels,
+                                                                 progress if effect == "target" else None)]
+                if progress and (effect == "target" or index == len(config.grids[effect]) - 1):
+                    done = pd.DataFrame([r for r in rows if r["effect"] == effect]).groupby("level", sort=False)["accuracy"].mean()
+                    progress(f"[robustness] {effect:<10} " + "  ".join(f"{lvl:g}:{100 * acc:.1f}%" for lvl, acc in done.items()))
+        traces = max(traces, accuracy.traces)
     chips = pd.DataFrame(rows)
-    curves = summarize(chips, clean, config.yield_tolerance)
-    return RobustnessResult(chips, curves, clean, summaries(curves), accuracy.traces, time.perf_counter() - started)
+    curves = summarize(chips, config.accuracy_spec)
+    return RobustnessResult(chips, curves, clean, summaries(curves, config.accuracy_spec), traces, time.perf_counter() - started)
 
 
-def summarize(chips: pd.DataFrame, clean: float, tolerance: float) -> pd.DataFrame:
-    grouped = chips.groupby(["effect", "level_index", "level"], sort=False)["accuracy"]
-    curves = grouped.agg(
-        acc_mean="mean",
-        acc_std=lambda a: float(np.std(a)),
-        acc_min="min",
-        acc_max="max",
-        acc_p5=lambda a: float(np.percentile(a, 5)),
-        yield_=lambda a: float(np.mean(np.asarray(a) >= clean - tolerance - 1e-12)),
-        chips="count",
-    ).reset_index()
-    return curves.rename(columns={"yield_": "yield"})
+def condition_accuracies(hardware: tf.keras.Model, accuracy: "CompiledAccuracy", levels: PerturbationConfig, chips: int,
+                         first_chip: int, images: np.ndarray, labels: np.ndarray,
+                         progress: Callable[[str], None] | None = None) -> list[tuple[int, float]]:
+    """(chip, accuracy) of ``chips`` chips at ``levels`` (one chip when nothing is random: they are all the same)."""
+    if not is_random(levels):
+        set_condition(hardware, levels, first_chip)
+        return [(0, accuracy.one_chip(images, labels))]
+    found, reported, started = [], 0, time.perf_counter()
+    for start in range(0, chips, accuracy.chips):
+        set_condition(hardware, levels, first_chip + start)  # programs the pass's chips once
+        found += list(enumerate(map(float, accuracy.per_chip(images, labels)[: chips - start]), start=start))
+        if progress and chips >= PROGRESS_CHIPS and len(found) >= (reported + 1) * chips // 4 and len(found) < chips:
+            reported = 4 * len(found) // chips
+            progress(f"[robustness] target: {len(found)}/{chips} chips, {time.perf_counter() - started:.0f} s")
+    return found
 
 
-def summaries(curves: pd.DataFrame) -> dict[str, float]:
+def summarize(chips: pd.DataFrame, accuracy_spec: float | None) -> pd.DataFrame:
+    """Per condition: accuracy statistics over chips, the mean's 95 % interval, and (with a spec)
+    the yield with its 95 % Wilson interval (``pipeline.statistics``; exact where nothing is random)."""
+    records = []
+    for (effect, index, level), group in chips.groupby(["effect", "level_index", "level"], sort=False):
+        values, exact = group["accuracy"].to_numpy(), not bool(group["random"].iloc[0])
+        low, high = (float(values.mean()),) * 2 if exact else mean_interval(values)
+        record = {"effect": effect, "level_index": index, "level": level, "acc_mean": float(values.mean()),
+                  "acc_low": low, "acc_high": high, "acc_std": float(np.std(values)), "acc_min": float(values.min()),
+                  "acc_max": float(values.max()), "acc_p5": float(np.percentile(values, 5)), "chips": len(values)}
+        if accuracy_spec is not None:
+            record["yield"], record["yield_low"], record["yield_high"] = yield_estimate(values, accuracy_spec, exact)
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def summaries(curves: pd.DataFrame, accuracy_spec: float | None) -> dict[str, float]:
     result = {f"robust_auc_{effect.name}": float(curves.loc[curves.effect == effect.name, "acc_mean"].mean()) for effect in EFFECTS}
     target = curves.loc[curves.effect == "target"].iloc[0]
-    result["robust_acc_target"] = float(target["acc_mean"])
-    result["robust_yield_target"] = float(target["yield"])
+    result.update({"robust_acc_target": float(target["acc_mean"]), "robust_acc_target_low": float(target["acc_low"]),
+                   "robust_acc_target_high": float(target["acc_high"]), "robust_target_chips": float(target["chips"])})
+    if accuracy_spec is not None:
+        result.update({"robust_yield_target": float(target["yield"]), "robust_yield_target_low": float(target["yield_low"]),
+                       "robust_yield_target_high": float(target["yield_high"]), "accuracy_spec": accuracy_spec})
     return result
-
 
 
 class TargetValidation(tf.keras.callbacks.Callback):
@@ -208,7 +239,7 @@ class TargetValidation(tf.keras.callbacks.Callback):
         super().__init__()
         self.images, self.labels = data.images("val"), data.labels("val")
         self.target, self.chip, self.batch_size = target, chip, batch_size
-        self.accuracy = None
+        self.accuracy = self.calibration = None
 
     def on_train_begin(self, logs=None):
         names = {layer.name for layer in hardware_layers(self.model)}
@@ -216,9 +247,11 @@ class TargetValidation(tf.keras.callbacks.Callback):
             raise ValueError(f"TargetValidation needs the trained model's hardware-aware layers {sorted(names)} to be "
                              f"the target's ({self.target.perturb_layers})")
         self.accuracy = CompiledAccuracy(self.model, self.batch_size)
+        self.calibration = Calibration(self.model, self.batch_size) if needs_calibration(self.target) else None
 
     def on_epoch_end(self, epoch, logs=None):
-        calibrate(self.model, self.images)
+        if self.calibration is not None:  # the clean range moves as the model learns
+            self.calibration(self.images)
         with hardware_evaluation(self.model, self.target, chip=self.chip):
             accuracy = self.accuracy.one_chip(self.images, self.labels)
         if logs is not None:

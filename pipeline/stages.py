@@ -205,13 +205,21 @@ def add_tflite_size(run_id: str, bits: int) -> None:
 def robustness_step(model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, title: str):
     """Evaluate and log robustness inside the active run; returns (curves, summary metrics)."""
     result = evaluate_robustness(model, data, config)
-    tracking.log_robustness(result, title)
+    tracking.log_robustness(result, title, config.accuracy_spec)
     tracking.log_params(flatten_robustness(config))
-    print(
-        f"[robustness] {title}: target accuracy {100 * result.summaries['robust_acc_target']:.2f}% "
-        f"(yield {result.summaries['robust_yield_target']:.0%}), {result.seconds:.1f} s, {result.traces} trace(s)"
-    )
+    print(f"[robustness] {title}: {describe_target(result.summaries)}, {result.seconds:.1f} s, {result.traces} trace(s)")
     return result.curves, {**result.summaries, "robust_eval_seconds": result.seconds}
+
+
+def describe_target(summaries: dict) -> str:
+    """``target accuracy 86.30% [85.91, 86.69] over 1000 chips, yield at spec 88.00%: 12.3% [10.4, 14.5]``."""
+    low, high = summaries["robust_acc_target_low"], summaries["robust_acc_target_high"]
+    interval = "" if low != low else f" [{100 * low:.2f}, {100 * high:.2f}]"  # NaN: one random chip, no spread known
+    text = f"target accuracy {100 * summaries['robust_acc_target']:.2f}%{interval} over {summaries['robust_target_chips']:.0f} chips"
+    if "robust_yield_target" in summaries:
+        text += (f", yield at spec {100 * summaries['accuracy_spec']:.2f}%: {100 * summaries['robust_yield_target']:.1f}% "
+                 f"[{100 * summaries['robust_yield_target_low']:.1f}, {100 * summaries['robust_yield_target_high']:.1f}]")
+    return text
 
 
 def flatten_robustness(config: RobustnessConfig) -> dict[str, str]:
@@ -225,12 +233,42 @@ def evaluate_stage(model_uri: str, model_run_id: str, data_uri: str, config: Rob
     handle = load_data_uri(data_uri)
     model_run_name = tracking.run_name(model_run_id) if model_run_id else model.name
     tags = {**handle.tags, "model_run_id": model_run_id, "model_uri": model_uri, "model": model.name}
-    description = f"Robustness evaluation of `{model_run_name}` ({model_uri}) over {config.chips} chips per level."
+    description = (f"Robustness evaluation of `{model_run_name}` ({model_uri}) over {config.chips} chips per level of the "
+                   f"curves and {config.target_chips} chips of the target hardware.")
     with tracking.stage_run("evaluate", f"evaluate-{model_run_name}", description, tags) as run_id:
         evaluation = evaluate(model, handle.data)
         tracking.log_metrics(evaluation.as_metrics())
         curves, summaries = robustness_step(model, handle.data, config, model_run_name)
     return {"run_id": run_id, "curves": curves, **summaries, **evaluation.as_metrics()}
+
+
+def sensitivity_stage(model_uri: str, model_run_id: str, data_uri: str, config: RobustnessConfig, layers: str = "") -> dict:
+    """Per-layer sensitivity of any logged model, as its own ``sensitivity`` run linked to the model's run."""
+    from pipeline.robustness import model_targets
+    from pipeline.sensitivity import layer_sensitivity, ranking_markdown
+
+    model = tracking.load_model(model_uri)
+    handle = load_data_uri(data_uri)
+    chosen = model_targets(model, layers or config.target.perturb_layers)  # unknown names fail here, before any run
+    model_run_name = tracking.run_name(model_run_id) if model_run_id else model.name
+    tags = {**handle.tags, "model_run_id": model_run_id, "model_uri": model_uri, "model": model.name}
+    description = (f"Per-layer sensitivity of `{model_run_name}` ({model_uri}): every effect's curve and the target "
+                   f"condition with one of {', '.join(chosen)} perturbed at a time.")
+    with tracking.stage_run("sensitivity", f"sensitivity-{model_run_name}", description, tags) as run_id:
+        tracking.log_params({**flatten_robustness(config), "sensitivity.layers": ",".join(chosen)})
+        result = layer_sensitivity(model, handle.data, config, chosen)
+        tracking.log_metrics({**result.metrics(), "robust_acc_clean": result.clean_accuracy, "sensitivity_seconds": result.seconds})
+        tracking.log_table(result.table, "sensitivity/table")
+        markdown = ranking_markdown(result.ranking)
+        tracking.log_text(markdown, "sensitivity/ranking.md")
+        tracking.log_table(result.ranking, "sensitivity/ranking")
+        tracking.log_figure(plots.sensitivity_figure(result.table, f"{model_run_name}: one layer perturbed at a time"),
+                            "sensitivity/heatmap.png")
+        first = result.ranking.iloc[0]
+        tracking.log_tags({"most_sensitive_layer": first["layer"], "most_sensitive_to": first["most_sensitive_to"]})
+    print(f"\nWhich layer to protect first ({model_run_name}, clean accuracy {100 * result.clean_accuracy:.2f}%)\n{markdown}"
+          f"[sensitivity] {result.seconds:.1f} s (run {run_id})")
+    return {"run_id": run_id, "table": result.table, "ranking": result.ranking}
 
 
 def main_stage(
@@ -281,7 +319,7 @@ def log_comparison(rows: list[dict]) -> None:
     headline["accuracy_drop"] = baseline["test_accuracy"] - quantized["test_accuracy"]
     headline["size_reduction"] = baseline["model_size_packed_bytes"] / quantized["model_size_packed_bytes"]
     for row in rows:
-        for key in ("test_accuracy", *compare.ROBUSTNESS_COLUMNS):
+        for key in ("test_accuracy", *compare.ROBUSTNESS_COLUMNS, *(f"{key}_{b}" for key in compare.INTERVALS for b in ("low", "high"))):
             if key in row:
                 headline[f"{row['stage']}_{key}"] = row[key]
     tracking.log_metrics(headline)

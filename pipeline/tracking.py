@@ -328,19 +328,25 @@ def load_model(model_uri: str) -> tf.keras.Model:
 
 
 
-def log_robustness(result, title: str) -> None:
+def log_robustness(result, title: str, accuracy_spec: float | None = None) -> None:
     """Curves as step metrics (step = level index; ``robustness/<effect>/level`` holds the level
-    at that step), summaries as metrics, the tidy tables as CSV / MLflow tables, and a PNG."""
+    at that step), summaries as metrics, the tidy tables as CSV / MLflow tables, and PNGs: the
+    curves, and the target condition's per-chip accuracies against the spec (CSV and histogram)."""
     from pipeline import plots
 
+    statistics = ("acc_mean", "acc_low", "acc_high", "acc_std", "acc_min", "acc_p5", "yield", "yield_low", "yield_high")
     steps = []
     for row in result.curves.to_dict(orient="records"):
         prefix = f"robustness/{row['effect']}"
-        values = {"level": row["level"], **{key: row[key] for key in ("acc_mean", "acc_std", "acc_min", "acc_p5", "yield")}}
+        values = {"level": row["level"], **{key: row[key] for key in statistics if key in row}}
         steps.append(({f"{prefix}/{key}": value for key, value in values.items()}, int(row["level_index"])))
     log_step_metrics(steps)
     log_metrics({**result.summaries, "robust_acc_clean": result.clean_accuracy,
                  "robust_eval_seconds": result.seconds, "robust_eval_traces": result.traces})
     mlflow.log_text(result.chips.to_csv(index=False), "robustness/chips.csv")
+    target = result.chips.loc[result.chips.effect == "target", ["chip", "accuracy"]]
+    mlflow.log_text(target.to_csv(index=False), "robustness/target_chips.csv")
     log_table(result.curves, "robustness/curves")
     log_figure(plots.robustness_figure({title: result.curves}, f"{title}: robustness"), "robustness/curves.png")
+    log_figure(plots.target_distribution_figure(target["accuracy"].to_numpy(), accuracy_spec, result.summaries,
+                                                f"{title}: accuracy of each chip at the target"), "robustness/target_histogram.png")

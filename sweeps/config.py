@@ -12,7 +12,23 @@ DEFAULT_N_TRIALS = 40
 
 class Objective(str, enum.Enum):
     TARGET = "target"  #: maximize mean accuracy over chips at the target hardware (TPE, pruning of the bottom quarter)
+    YIELD = "yield"  #: maximize the target yield at accuracy_spec, ties broken by the target accuracy (TPE, pruning)
     PARETO = "pareto"  #: maximize (clean accuracy, target accuracy) together (NSGA-II, Pareto front)
+    PARETO_YIELD = "pareto_yield"  #: maximize (clean accuracy, target yield) together (NSGA-II, Pareto front)
+
+    @property
+    def is_pareto(self) -> bool:
+        return self in (Objective.PARETO, Objective.PARETO_YIELD)
+
+    @property
+    def needs_spec(self) -> bool:
+        return self in (Objective.YIELD, Objective.PARETO_YIELD)
+
+    @property
+    def value_names(self) -> list[str]:
+        """The names of a trial's objective values (columns of the trials table)."""
+        robust = "target_yield" if self.needs_spec else "target_accuracy"
+        return ["clean_accuracy", robust] if self.is_pareto else [robust]
 
 
 @dataclass(frozen=True)
@@ -28,7 +44,8 @@ class SweepConfig:
     space: str = "sweeps/space.yaml"
     """The search-space YAML (its `target` names the target hardware)."""
     objective: Objective = Objective.TARGET
-    """``target`` or ``pareto``."""
+    """``target`` (mean accuracy on the target hardware), ``yield`` (fraction of chips meeting
+    accuracy_spec), ``pareto`` (clean vs target accuracy) or ``pareto_yield`` (clean accuracy vs yield)."""
     compare: bool = True
     """Compare the best trial with plain baseline and QAT (reused when finished runs exist, else trained)."""
 

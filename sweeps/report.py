@@ -17,7 +17,7 @@ from pipeline.effects import PARAMETERS
 from pipeline.validation import ConfigError
 from sweeps.config import Objective, SweepConfig
 from sweeps.space import Range, SearchSpace, levels_from
-from sweeps.study import FINISHED_STATES
+from sweeps.study import FINISHED_STATES, TRIAL_RESULTS
 
 TOP_TRIALS = 5
 EDGE_FRACTION = 0.05  #: a best value this close to a bound (fraction of the range; of log-range for a log range) is "at the edge"
@@ -25,14 +25,16 @@ BEYOND = 1e-6  #: how far past a bound (fraction of the range) a value is checke
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, objective value(s), parameters, results (target accuracy and
+    yield with their intervals), seconds."""
     rows = []
     for trial in study.trials:
         row = {"number": trial.number, "state": trial.state.name, "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", "")}
         if trial.values is not None:
-            names = ["target_accuracy"] if len(trial.values) == 1 else ["clean_accuracy", "target_accuracy"]
-            row.update(dict(zip(names, trial.values)))
+            row["objective"] = trial.values[-1] if len(trial.values) == 1 else None
+            row.update({"clean_accuracy": trial.values[0]} if len(trial.values) == 2 else {})
         row.update({f"param_{k}": v for k, v in trial.params.items()})
-        row.update({k: v for k, v in trial.user_attrs.items() if k in ("test_accuracy", "robust_yield_target", "fail_reason")})
+        row.update({k: v for k, v in trial.user_attrs.items() if k in (*TRIAL_RESULTS, "fail_reason")})
         row["seconds"] = trial.duration.total_seconds() if trial.duration else None
         rows.append(row)
     return pd.DataFrame(rows)
@@ -41,26 +43,28 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 def best_trial(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial | None:
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return None
-    if objective is Objective.TARGET:
+    if not objective.is_pareto:
         return study.best_trial
-    return max(study.best_trials, key=lambda trial: trial.values[1])  # the front's most robust member
+    # the front's most robust member (equal yields: the more accurate on the target)
+    return max(study.best_trials, key=lambda trial: (trial.values[1], trial.user_attrs.get("robust_acc_target", 0.0)))
 
 
 def log_optuna_plots(study: optuna.Study, objective: Objective) -> list[str]:
     """Optuna's matplotlib plots as PNG artifacts; returns the names of those that could not be drawn."""
     vis = optuna.visualization.matplotlib
     params = set().union(*(trial.params for trial in study.get_trials(deepcopy=False, states=FINISHED_STATES)))
-    target = None if objective is Objective.TARGET else (lambda trial: trial.values[1])
+    target = None if not objective.is_pareto else (lambda trial: trial.values[1])
+    label = objective.value_names[-1].replace("_", " ")
     plots = {
-        "optimization_history": lambda: vis.plot_optimization_history(study, target=target, target_name="target accuracy"),
-        "param_importances": lambda: vis.plot_param_importances(study, target=target, target_name="target accuracy"),
-        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target, target_name="target accuracy"),
+        "optimization_history": lambda: vis.plot_optimization_history(study, target=target, target_name=label),
+        "param_importances": lambda: vis.plot_param_importances(study, target=target, target_name=label),
+        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=label),
     }
     if len(params) >= 2:  # the two parameters that matter most (Optuna's importances), else the first two
         plots["contour_top_two"] = lambda: vis.plot_contour(
-            study, params=top_two(study, target, sorted(params)), target=target, target_name="target accuracy")
-    if objective is Objective.PARETO:
-        plots["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=["clean accuracy", "target accuracy"])
+            study, params=top_two(study, target, sorted(params)), target=target, target_name=label)
+    if objective.is_pareto:
+        plots["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=["clean accuracy", label])
     skipped = []
     for name, draw in plots.items():
         try:
@@ -165,9 +169,8 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
     if best is None:
         print("[sweep] no trial has completed yet: nothing to compare")
         return
-    tracking.log_metrics({"best_trial": best.number, "best_target_accuracy": best.user_attrs["robust_acc_target"],
-                          "best_test_accuracy": best.user_attrs["test_accuracy"],
-                          "best_target_yield": best.user_attrs["robust_yield_target"]})
+    tracking.log_metrics({"best_trial": best.number, "best_test_accuracy": best.user_attrs["test_accuracy"],
+                          **{best_name(key): value for key, value in best.user_attrs.items() if key in TRIAL_RESULTS[1:]}})
     tracking.log_params({f"best.{name}": value for name, value in best.params.items()})
     tracking.log_tags({"best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
     warned = range_warnings(space, best.params, config.space) if space is not None else []
@@ -175,10 +178,10 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
         tracking.log_tags({"range_warnings": "\n".join(line.removeprefix("[sweep] ") for line in warned)[:5000]})
         tracking.log_text("\n".join(warned) + "\n", "sweep/range_warnings.txt")
     stages.add_tflite_size(best.user_attrs["mlflow_run_id"], model.bits)
-    if config.objective is Objective.PARETO:
+    if config.objective.is_pareto:
         front = table[table.number.isin([trial.number for trial in study.best_trials])]
         tracking.log_table(front, "sweep/pareto_front")
-        print("\nPareto front (clean accuracy vs target accuracy)\n" + front.to_string(index=False))
+        print(f"\nPareto front (clean accuracy vs {config.objective.value_names[1].replace('_', ' ')})\n" + front.to_string(index=False))
     print_top_trials(table, config.objective)
     if config.compare:
         quantized = model if not model.is_float else dataclasses.replace(model, bits=1)
@@ -186,15 +189,32 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
                 plain_reference("qat", quantized, train, robustness, handle),
                 tracking.run_row(best.user_attrs["mlflow_run_id"])]
         stages.log_comparison(rows)
+        if robustness.accuracy_spec is not None:
+            print(f"\n[sweep] yield at spec {100 * robustness.accuracy_spec:.2f}% over {robustness.target_chips} chips (95% CI): "
+                  + "; ".join(f"{label} {yield_text(row)}" for label, row in zip(("float baseline", "plain QAT", "best trial"), rows)))
     if warned:
         print("\n" + "\n".join(warned), flush=True)
     parent = tracking.mlflow.active_run().info.run_id
     print(f"\nBrowse: mlflow ui  (experiment {tracking.current_experiment_id()}, sweep parent run {parent})")
 
 
+def best_name(key: str) -> str:
+    """``robust_acc_target_low`` -> ``best_target_accuracy_low``, ``robust_yield_target`` -> ``best_target_yield``."""
+    return key.replace("robust_acc_target", "best_target_accuracy").replace("robust_yield_target", "best_target_yield")
+
+
+def yield_text(row: dict) -> str:
+    if row.get("robust_yield_target") is None:
+        return "-"
+    return (f"{100 * row['robust_yield_target']:.1f}% [{100 * row['robust_yield_target_low']:.1f}, "
+            f"{100 * row['robust_yield_target_high']:.1f}]")
+
+
 def print_top_trials(table: pd.DataFrame, objective: Objective) -> None:
-    done = table[table.state == "COMPLETE"].sort_values("target_accuracy", ascending=False).head(TOP_TRIALS)
-    columns = [c for c in ("number", "target_accuracy", "clean_accuracy", "test_accuracy", "robust_yield_target") if c in done]
+    key = "robust_yield_target" if objective.needs_spec else "robust_acc_target"
+    done = table[table.state == "COMPLETE"].sort_values([key, "robust_acc_target"], ascending=False).head(TOP_TRIALS)
+    columns = [c for c in ("number", "robust_acc_target", "robust_yield_target", "robust_yield_target_low", "robust_yield_target_high",
+                           "clean_accuracy", "test_accuracy") if c in done]
     columns += [c for c in done.columns if c.startswith("param_")] + ["mlflow_run_id"]
     print(f"\nTop {len(done)} trials ({objective.value} objective)\n" + done[columns].to_string(index=False))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.effects import EFFECTS, PARAMETERS, SearchRange
-from pipeline.hardware import PerturbationConfig, load_target_hardware, read_yaml_mapping
+from pipeline.hardware import PerturbationConfig, load_target, read_yaml_mapping, target_from_mapping
 from pipeline.validation import ConfigError
 
 DEFAULT_SPACE_FILE = "sweeps/space.yaml"
@@ -55,6 +55,7 @@ class SearchSpace:
     ranges: dict[str, Range]
     fixed: dict[str, Any]
     target: PerturbationConfig
+    accuracy_spec: float | None = None  #: the target's specification (test accuracy a chip must reach)
     source: str = ""
     raw: dict = field(default_factory=dict)
 
@@ -99,9 +100,9 @@ def load_space(path: str | Path, parameter: str = "space") -> SearchSpace:
     if unknown := sorted(set(spec) - {"params", "target"}):
         raise ConfigError(parameter, f"{path}: unknown top-level key(s) {', '.join(unknown)}; allowed: params, target")
     ranges, fixed = parse_params(spec.get("params") or {}, f"{parameter}: params")
-    target = parse_target(spec.get("target"), path, parameter)
+    target, accuracy_spec = parse_target(spec.get("target"), path, parameter)
     check_corners(ranges, fixed, f"{parameter}: params")
-    return SearchSpace(ranges, fixed, target, source=str(path), raw=spec)
+    return SearchSpace(ranges, fixed, target, accuracy_spec, source=str(path), raw=spec)
 
 
 def parse_params(params: Any, where: str) -> tuple[dict[str, Range], dict[str, Any]]:
@@ -159,12 +160,12 @@ def check_corners(ranges: dict[str, Range], fixed: dict[str, Any], where: str) -
             raise ConfigError(f"{where}.{error.parameter}", f"{str(error).split(': ', 1)[1]} (at the corner {point})") from None
 
 
-def parse_target(target: Any, space_path: Path, parameter: str) -> PerturbationConfig:
+def parse_target(target: Any, space_path: Path, parameter: str) -> tuple[PerturbationConfig, float | None]:
     if target is None:
         raise ConfigError(f"{parameter}: target", "the space must name the target hardware (a YAML path or a mapping)")
     if isinstance(target, dict):
-        return PerturbationConfig.from_mapping(target, f"{parameter}: target", str(space_path))
+        return target_from_mapping(target, f"{parameter}: target", str(space_path))
     target_path = Path(str(target))
     if not target_path.is_absolute():
         target_path = space_path.parent / target_path
-    return load_target_hardware(target_path, parameter=f"{parameter}: target")
+    return load_target(target_path, parameter=f"{parameter}: target")

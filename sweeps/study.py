@@ -33,6 +33,9 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 20
 STORAGE_ATTEMPTS = 3  #: workers starting together race to create the storage's tables: the loser retries
 GRACE_SECONDS = 90
+#: a trial's results kept on the Optuna trial (user attributes), for the report
+TRIAL_RESULTS = ("test_accuracy", "robust_acc_target", "robust_acc_target_low", "robust_acc_target_high",
+                 "robust_yield_target", "robust_yield_target_low", "robust_yield_target_high")
 
 
 class PrunedTrial(optuna.TrialPruned):
@@ -80,7 +83,7 @@ def open_study(config: SweepConfig, name: str, seed: int) -> optuna.Study:
             if attempt == STORAGE_ATTEMPTS - 1 or "://" not in url:
                 raise ConfigError("storage", f"cannot open Optuna storage {masked(url)}: {str(error).splitlines()[0]}") from None
             time.sleep(1.0 + attempt)
-    if config.objective is Objective.TARGET:
+    if not config.objective.is_pareto:
         directions = ["maximize"]
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
         # Prune only the hopeless: keep the top 75 % at each epoch, i.e. cut the bottom quarter (a median
@@ -150,7 +153,7 @@ def make_objective(space: SearchSpace, objective: Objective, get_data: Callable,
     def run_trial(trial: optuna.Trial):
         levels = space.suggest(trial)
         monitors, pruning = [], []
-        if objective is Objective.TARGET:  # prune on what is optimized: validation accuracy on the target hardware
+        if not objective.is_pareto:  # prune on a validation estimate of what is optimized: accuracy on the target hardware
             monitors = [TargetValidation(get_data().data, robustness.target, chip=train.seed)]
             pruning = [PruneOnValidationAccuracy(trial, "val_target_accuracy")]
         try:
@@ -163,14 +166,23 @@ def make_objective(space: SearchSpace, objective: Objective, get_data: Callable,
         except TrainingDiverged as error:
             trial.set_user_attr("fail_reason", str(error))
             raise
-        for key in ("test_accuracy", "robust_acc_target", "robust_yield_target"):
-            trial.set_user_attr(key, row[key])
+        for key in TRIAL_RESULTS:
+            if key in row:
+                trial.set_user_attr(key, row[key])
         trial.set_user_attr("worker_rss_mb", resident_memory_mb())  # memory must stay flat across trials
-        if objective is Objective.TARGET:
-            return row["robust_acc_target"]
-        return row["test_accuracy"], row["robust_acc_target"]
+        return objective_values(objective, row, robustness.target_chips)
 
     return run_trial
+
+
+def objective_values(objective: Objective, row: dict, target_chips: int) -> float | tuple[float, float]:
+    """What a trial scores. ``yield``: the target yield plus the target accuracy / (2 x chips), which
+    breaks ties between equal yields (k / chips) without ever reordering different ones."""
+    if objective is Objective.TARGET:
+        return row["robust_acc_target"]
+    if objective is Objective.YIELD:
+        return row["robust_yield_target"] + row["robust_acc_target"] / (2 * target_chips)
+    return row["test_accuracy"], row["robust_yield_target" if objective.needs_spec else "robust_acc_target"]
 
 
 def fail_trials_of_dead_runs(study: optuna.Study, run_ids: set[str]) -> list[int]:

@@ -35,3 +35,16 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert results["sweep"]["complete_trials"] + 0 <= results["sweep"]["trials"]
     assert len(results["sweep"]["rss_mb_by_trial"]) >= 1
     assert "| training step" in (tmp_path / "results.md").read_text()
+    target = results["target_yield"]  # the yield's many-chip evaluation, against this machine's floor
+    assert target["chips_evaluated"] == target["chips"] == 100 and target["traces"] == 1
+    assert target["floor_ms_per_chip"] > target["draw_ms_per_chip"] > 0 and target["ratio_to_floor"] > 0
+    assert results["pruning_signal"]["ratio"] > 0 and results["pruning_signal"]["epoch_s"] > 0
+    # --only measures the sections named and keeps the others; a quick run is not mixed with a full one
+    again = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "pruning_signal", "--output", str(tmp_path)],
+                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    updated = json.loads((tmp_path / "results.json").read_text())
+    assert updated["target_yield"] == target and updated["pruning_signal"] != results["pruning_signal"]
+    mixed = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "pruning_signal", "--output", str(tmp_path)],
+                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert mixed.returncode == 2 and "quick run" in mixed.stderr

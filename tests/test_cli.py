@@ -5,6 +5,7 @@ import pytest
 
 from conftest import all_runs, run_cli, run_mlflow_project
 from pipeline.config import RobustnessConfig
+from pipeline.validation import ConfigError
 from pipeline.hardware import PerturbationConfig
 
 
@@ -34,6 +35,11 @@ from pipeline.hardware import PerturbationConfig
         (["perturb", "--arch", "cnn", "--perturb_layers", "dense_2"], "perturb_layers"),
         (["qat", "--chips", "0"], "chips"),
         (["qat", "--chips_per_pass", "-1"], "chips_per_pass"),
+        (["qat", "--target_chips", "0"], "target_chips"),
+        (["qat", "--accuracy_spec", "1.5"], "accuracy_spec"),
+        (["qat", "--accuracy_spec", "ninety"], "accuracy_spec"),
+        (["qat", "--yield_tolerance", "0.01"], "yield_tolerance"),  # gone: an unknown parameter
+        (["sweep", "--objective", "yield", "--accuracy_spec", "none"], "accuracy_spec"),  # a yield needs a spec  # gone: an unknown parameter
         (["qat", "--noise_grid", "0,-1"], "noise_grid"),
         (["qat", "--clip_grid", "1,0"], "clip_grid"),
         (["baseline", "--target", "missing.yaml"], "target"),
@@ -91,3 +97,21 @@ def test_training_levels_default_to_the_target_on_the_given_layers():
     _, noise_only = levels("--noise_sigma", "0.2")  # a level given: the others off, the target's layers
     assert noise_only == PerturbationConfig(noise_sigma=0.2, perturb_layers=robustness.target.perturb_layers)
     assert robustness.batch_size == RobustnessConfig().batch_size  # not the training batch size
+
+
+def test_the_accuracy_spec_comes_from_the_target_file_unless_given(tmp_path):
+    from pipeline.cli import build_parser, robustness_config
+
+    def spec(*argv):
+        return robustness_config(build_parser().parse_args(["qat", *argv])).accuracy_spec
+
+    target = tmp_path / "target.yaml"
+    target.write_text("weight_dev_pct: 10\naccuracy_spec: 0.9\n")
+    assert spec("--target", str(target)) == 0.9
+    assert spec("--target", str(target), "--accuracy_spec", "0.8") == 0.8  # -P accuracy_spec=... overrides the file
+    assert spec("--target", str(target), "--accuracy_spec", "none") is None  # no yield asked for
+    target.write_text("weight_dev_pct: 10\n")
+    assert spec("--target", str(target)) is None
+    target.write_text("weight_dev_pct: 10\naccuracy_spec: 90\n")  # a percentage where a fraction is meant
+    with pytest.raises(ConfigError, match="target: accuracy_spec: must be in \\[0.0, 1.0\\]; got 90"):
+        spec("--target", str(target))

@@ -37,6 +37,11 @@ from pipeline.config import Arch, ConfigError, DataConfig, Dataset, ModelConfig,
         (lambda: TrainConfig(learning_rate="inf"), "learning_rate"),
         (lambda: RobustnessConfig(chips_per_pass=-1), "chips_per_pass"),
         (lambda: RobustnessConfig(chips_per_pass="all"), "chips_per_pass"),
+        (lambda: RobustnessConfig(target_chips=0), "target_chips"),
+        (lambda: RobustnessConfig(target_chips=20_000), "target_chips"),  # would reach the next seed's chips
+        (lambda: RobustnessConfig(accuracy_spec=1.2), "accuracy_spec"),
+        (lambda: RobustnessConfig(accuracy_spec=-0.1), "accuracy_spec"),
+        (lambda: RobustnessConfig(accuracy_spec="high"), "accuracy_spec"),
     ],
 )
 def test_bad_values_name_their_parameter(factory, parameter):

@@ -134,7 +134,7 @@ def test_error_aware_training_buys_tolerance():
     data = prepare(DataConfig(source="bundled", limit=1000, seed=11))
     config = ModelConfig(bits=1, hidden_units=(256,))
     robustness = RobustnessConfig(grids={**{effect.name: effect.curve.grid[:1] for effect in EFFECTS}, "weight_ber": "0.1"},
-                                  chips=5, target=PerturbationConfig())
+                                  chips=5, target_chips=1, target=PerturbationConfig())
     scores = {}
     for name, levels in (("plain", None), ("aware", PerturbationConfig(weight_ber=0.05))):
         seed_everything(11)

@@ -6,7 +6,7 @@ import pytest
 from conftest import all_runs, run_cli, run_mlflow_project, short_grids
 from pipeline.compare import ROBUSTNESS_COLUMNS as ROBUSTNESS_METRICS
 
-TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2, **short_grids(3)}
+TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2, "target_chips": 10, **short_grids(3)}
 
 
 def runs_by_stage(uri):
@@ -116,7 +116,7 @@ def test_perturb_and_evaluate_entry_points(tracking_store):
     layer = model.get_layer("dense_1")
     assert isinstance(layer, HardwareAwareQuantDense) and layer.hardware.out_bits == 6 and layer.hardware.clip_max == 40
 
-    evaluated = run_mlflow_project("evaluate", {"run_id": perturb.info.run_id, "chips": 2, **short_grids(2)})
+    evaluated = run_mlflow_project("evaluate", {"run_id": perturb.info.run_id, "chips": 2, "target_chips": 10, **short_grids(2)})
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     evaluation = runs_by_stage(tracking_store)["evaluate"][0]
     assert evaluation.info.status == "FINISHED"

@@ -10,7 +10,7 @@ import tensorflow as tf
 from pipeline.config import ModelConfig
 from pipeline.effects import EFFECTS, PARAMETERS, Sampling, Stage, markdown_table
 from pipeline.effects.base import standard_normal
-from pipeline.hardware import PerturbationConfig, load_target_hardware
+from pipeline.hardware import PerturbationConfig, load_target
 from pipeline.chips import (
     attach_hardware,
     calibrate,
@@ -50,13 +50,13 @@ def test_zero_perturbation_is_the_plain_model_bit_for_bit(bits, arch):
 # --------------------------------------------------------------------------- chips side by side
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch):
-    """P chips in one pass (part k of the batch on chip k) give exactly what each chip gives alone,
-    with every effect of the registry on: the same per-chip draws, the same noise per pass, the
-    same saturation and ADC."""
+@pytest.mark.parametrize("arch, bits", [("mlp", 1), ("mlp", 32), ("mlp", 2), ("cnn", 1)])
+def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch, bits):
+    """P chips in one pass (part k of the batch on chip k; dense layers: one batched matmul) give
+    exactly what each chip gives alone, with every effect of the registry on: the same per-chip
+    draws, the same noise per pass, the same saturation and ADC -- also with float and k-bit sums."""
     tf.keras.utils.set_random_seed(5)
-    config = ModelConfig(arch=arch, bits=1, hidden_units=(48, 32))
+    config = ModelConfig(arch=arch, bits=bits, hidden_units=(48, 32))
     plain = build_model(config)
     first = every_effect(out_bits=4, perturb_layers="all")
     second = first.replace(**{effect.curve.parameter: effect.curve.grid[-2] for effect in EFFECTS})  # new levels, same draws
@@ -163,14 +163,18 @@ def test_labels():
 
 
 def test_target_hardware_file(tmp_path):
-    target = load_target_hardware("sweeps/target_hardware.yaml")
+    target, accuracy_spec = load_target("sweeps/target_hardware.yaml")
     assert target.noise_sigma > 0 and target.weight_dev_pct > 0 and target.clip_mode.value == "relative"
+    assert 0 < accuracy_spec < 1
     (tmp_path / "bad.yaml").write_text("noise_sigma: 0.1\nvoltage: 3\n")
     with pytest.raises(ConfigError, match="target: .*bad.yaml: unknown key.*voltage; known: .*noise_sigma"):
-        load_target_hardware(tmp_path / "bad.yaml")
+        load_target(tmp_path / "bad.yaml")
     (tmp_path / "neg.yaml").write_text("weight_dev_pct: -3\n")
     with pytest.raises(ConfigError, match="weight_dev_pct"):
-        load_target_hardware(tmp_path / "neg.yaml")
+        load_target(tmp_path / "neg.yaml")
+    (tmp_path / "spec.yaml").write_text("weight_dev_pct: 3\naccuracy_spec: 1.5\n")
+    with pytest.raises(ConfigError, match="target: accuracy_spec: must be in"):
+        load_target(tmp_path / "spec.yaml")
 
 
 def test_standard_normal_is_a_reproducible_standard_gaussian():

@@ -13,7 +13,7 @@ import pytest
 from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, short_grids
 from services import free_port, mlflow_server, postgres
 
-TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--source", "bundled",
+TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--target_chips", "10", "--source", "bundled",
         *as_flags(short_grids(3))]
 LONG = ["--limit", "400", "--epochs", "200", "--hidden_units", "256", "--source", "bundled"]
 

@@ -16,7 +16,7 @@ from sweeps.space import load_space
 
 from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, run_mlflow_project, short_grids
 
-TINY = ["--limit", "100", "--epochs", "3", "--hidden_units", "32", "--chips", "1", *as_flags(short_grids(2)), "--source", "bundled"]
+TINY = ["--limit", "100", "--epochs", "3", "--hidden_units", "32", "--chips", "1", "--target_chips", "5", *as_flags(short_grids(2)), "--source", "bundled"]
 
 
 def write_space(tmp_path, body: str, name="space.yaml"):
@@ -61,6 +61,19 @@ def test_search_space_file_level_errors(tmp_path):
         load_space(write_space(tmp_path, "target: {volts: 3}\nparams: {}\n"))
     with pytest.raises(ConfigError, match="no such search-space file"):
         load_space(tmp_path / "missing.yaml")
+
+
+def test_yield_objective_needs_the_targets_accuracy_spec(tracking_store, tmp_path):
+    """A target without accuracy_spec cannot score yields: a named error before any data or run."""
+    space = tmp_path / "space.yaml"
+    space.write_text("target: {weight_dev_pct: 20, noise_sigma: 0.3}\nparams: {}\n")
+    assert load_space(space).accuracy_spec is None
+    space.write_text("target: {weight_dev_pct: 20, accuracy_spec: 0.8}\nparams: {}\n")
+    assert load_space(space).accuracy_spec == 0.8
+    space.write_text("target: {weight_dev_pct: 20, noise_sigma: 0.3}\nparams: {}\n")
+    result = run_cli("sweep", "--space", str(space), "--objective", "yield")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: accuracy_spec: objective=yield")
+    assert all_runs(tracking_store) == []
 
 
 def test_default_space_suggests_valid_levels_within_its_ranges():
@@ -142,7 +155,7 @@ def runs_of(uri, stage):
 
 @pytest.mark.slow
 def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
-    params = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, **short_grids(3),
+    params = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, "target_chips": 10, **short_grids(3),
               "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
     result = run_mlflow_project("sweep", params)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -299,6 +312,38 @@ def test_pareto_objective_reports_a_non_dominated_front(tracking_store, tmp_path
     assert "optuna/pareto_front.png" in artifacts
     front = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "sweep")
     assert "sweep/pareto_front.csv" in {a.path for a in front}
+
+
+def test_yield_objective_breaks_ties_by_target_accuracy_without_reordering_yields():
+    from sweeps.config import Objective
+    from sweeps.study import objective_values
+
+    def score(passed, accuracy, chips=200):
+        return objective_values(Objective.YIELD, {"robust_yield_target": passed / chips, "robust_acc_target": accuracy}, chips)
+
+    assert score(100, 0.90) > score(100, 0.89)  # same yield: the more accurate wins
+    assert score(101, 0.0) > score(100, 1.0)  # one more chip passing beats any accuracy
+    assert objective_values(Objective.PARETO_YIELD, {"test_accuracy": 0.9, "robust_yield_target": 0.4}, 200) == (0.9, 0.4)
+
+
+@pytest.mark.slow
+def test_yield_objective_reports_the_best_yield_next_to_the_plain_models(tracking_store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = run_cli("sweep", "--storage", storage, "--study_name", "yield", "--objective", "yield", *TINY,
+                     "--n_trials", "3", "--accuracy_spec", "0.3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="yield", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for trial in complete:  # the value is the yield, ties broken by the target accuracy
+        attrs = trial.user_attrs
+        assert trial.value == pytest.approx(attrs["robust_yield_target"] + attrs["robust_acc_target"] / 10)
+        assert attrs["robust_yield_target_low"] <= attrs["robust_yield_target"] <= attrs["robust_yield_target_high"]
+    assert study.best_trial.user_attrs["robust_yield_target"] == max(t.user_attrs["robust_yield_target"] for t in complete)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("[sweep] yield at spec 30.00% over 5 chips"))
+    assert all(f"{label} " in line for label in ("float baseline", "plain QAT", "best trial")) and line.count("[") == 4
+    (parent,) = runs_of(tracking_store, "sweep")
+    assert parent.data.metrics["best_target_yield"] == study.best_trial.user_attrs["robust_yield_target"]
+    assert {"best_target_yield_low", "best_target_yield_high"} <= set(parent.data.metrics)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from services import mlflow_server
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--source", "bundled",
+TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--target_chips", "10", "--source", "bundled",
         *as_flags(short_grids(4))]
 
 

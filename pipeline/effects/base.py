@@ -161,6 +161,11 @@ class Effect:
     def apply_output(self, outputs, levels: Levels, context: OutputContext):
         raise NotImplementedError
 
+    def uses_clean_range(self, params: EffectParams) -> bool:
+        """Whether :meth:`apply_output` reads ``context.clean_range`` at these parameters (then an
+        evaluation calibrates it first)."""
+        return False
+
     def gaussian_variance(self, outputs, variance, levels: Levels):
         """Training only: when this effect adds a zero-mean Gaussian to ``outputs`` (their mean, with
         ``variance`` already pending on them), its variance -- the layer then draws every pending

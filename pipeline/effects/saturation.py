@@ -123,6 +123,9 @@ class Saturation(Effect):
             return adc(clipped, lo, hi, levels["adc_levels"]) if converting else clipped
         return tf.cond(converting, lambda: adc(clipped, lo, hi, levels["adc_levels"]), lambda: clipped)
 
+    def uses_clean_range(self, params: SaturationParams) -> bool:
+        return params.clip_mode is ClipMode.RELATIVE
+
     @staticmethod
     def bounds(levels, context):
         relative = levels["relative"] > 0.5

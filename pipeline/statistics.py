@@ -1,0 +1,57 @@
+"""Estimates from random chips, each with its uncertainty (95 % intervals).
+
+* **Yield** -- the fraction of chips that meet the specification, ``k`` of ``n`` -- with the
+  Wilson score interval (Wilson, 1927): for ``p = k / n`` and ``z = 1.96``,
+  ``(p + z^2 / 2n  +-  z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)``. Unlike the normal
+  ("Wald") interval it stays inside [0, 1] and is not empty at 0 / n or n / n (coverage close to
+  95 % down to a handful of chips; Brown, Cai & DasGupta, 2001).
+* **Mean accuracy over chips** -- Student's t interval ``mean +- t(0.975, n - 1) s / sqrt(n)``
+  (``s`` the sample standard deviation): the uncertainty of the *mean over all chips of this
+  hardware* from ``n`` sampled chips, not the spread between chips (that is ``acc_std``).
+
+A condition without randomness (every effect off, or only deterministic ones) is the same on every
+chip: it is evaluated once and its estimates are exact (an interval of zero width).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+CONFIDENCE = 0.95
+Z = 1.959963984540054  #: the standard normal's 97.5 % quantile
+
+
+def wilson_interval(passed: int, total: int, z: float = Z) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion ``passed / total``."""
+    if total < 1 or not 0 <= passed <= total:
+        raise ValueError(f"need 0 <= passed <= total and total >= 1; got {passed} of {total}")
+    p = passed / total
+    scale = 1.0 + z * z / total
+    center = (p + z * z / (2 * total)) / scale
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / scale
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Student's t interval of the mean of ``values`` (one value: no spread known, NaN bounds)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean - half, mean + half
+
+
+def yield_estimate(accuracies: Sequence[float], spec: float, exact: bool = False) -> tuple[float, float, float]:
+    """(yield, low, high): the fraction of ``accuracies`` at or above ``spec``, with its Wilson
+    interval -- or, when ``exact`` (every chip is the same), the fraction itself as both bounds."""
+    passed = np.asarray(accuracies, dtype=float) >= spec - 1e-12
+    value = float(passed.mean())
+    if exact:
+        return value, value, value
+    return (value, *wilson_interval(int(passed.sum()), len(passed)))
