@@ -294,14 +294,18 @@ def test_hopeless_trial_is_pruned_and_diverging_trial_fails(tracking_store, tmp_
     assert failed_run.info.status == "FAILED" and "loss" in failed_run.data.tags["fail_reason"]
 
 
+def run_study(tmp_path, name: str, objective: str, *extra: str):
+    """A tiny sweep through the command line (it must succeed), and its study."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = run_cli("sweep", "--storage", storage, "--study_name", name, "--objective", objective, *TINY, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, optuna.load_study(study_name=name, storage=storage)
+
+
 @pytest.mark.slow
 def test_pareto_objective_reports_a_non_dominated_front(tracking_store, tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    result = run_cli("sweep", "--storage", storage, "--study_name", "front", "--objective", "pareto", *TINY,
-                     "--n_trials", "5", "--compare", "false")
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, study = run_study(tmp_path, "front", "pareto", "--n_trials", "5", "--compare", "false")
     assert "Pareto front" in result.stdout
-    study = optuna.load_study(study_name="front", storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 5 and study.best_trials
     for member in study.best_trials:
@@ -328,11 +332,7 @@ def test_yield_objective_breaks_ties_by_target_accuracy_without_reordering_yield
 
 @pytest.mark.slow
 def test_yield_objective_reports_the_best_yield_next_to_the_plain_models(tracking_store, tmp_path):
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    result = run_cli("sweep", "--storage", storage, "--study_name", "yield", "--objective", "yield", *TINY,
-                     "--n_trials", "3", "--accuracy_spec", "0.3")
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(study_name="yield", storage=storage)
+    result, study = run_study(tmp_path, "yield", "yield", "--n_trials", "3", "--accuracy_spec", "0.3")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     for trial in complete:  # the value is the yield, ties broken by the target accuracy
         attrs = trial.user_attrs
