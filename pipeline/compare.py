@@ -10,6 +10,7 @@ from pipeline.effects import EFFECTS
 
 ROBUSTNESS_COLUMNS = (*(f"robust_auc_{effect.name}" for effect in EFFECTS), "robust_acc_target", "robust_yield_target")
 INTERVALS = ("robust_acc_target", "robust_yield_target")  #: shown with their 95 % interval ``<key>_low`` .. ``<key>_high``
+INTERVAL_BOUNDS = tuple(f"{key}_{bound}" for key in INTERVALS for bound in ("low", "high"))
 COLUMNS = {
     "model": "model",
     "stage": "stage",
@@ -32,7 +33,7 @@ COLUMNS = {
 
 def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
     """One row per model: the :data:`COLUMNS`, and the bounds of the :data:`INTERVALS`."""
-    keys = [*COLUMNS, *(f"{key}_{bound}" for key in INTERVALS for bound in ("low", "high"))]
+    keys = [*COLUMNS, *INTERVAL_BOUNDS]
     return pd.DataFrame([{key: row.get(key) for key in keys} for row in rows], columns=keys)
 
 
@@ -52,13 +53,16 @@ def format_value(key: str, value: object) -> str:
     return str(value)
 
 
-def with_interval(key: str, record: Mapping[str, object]) -> str:
-    """``86.30% [85.91, 86.69]``: a value and, when known, its 95 % interval (in points)."""
-    text = format_value(key, record[key])
-    low, high = record.get(f"{key}_low"), record.get(f"{key}_high")
-    if format_value(key, record[key]) == "-" or any(bound is None or pd.isna(bound) for bound in (low, high)):
+def estimate_text(record: Mapping[str, object], key: str, digits: int = 2) -> str:
+    """``86.30% [85.91, 86.69]``: the fraction ``record[key]`` in percent and, when known, its 95 %
+    interval ``<key>_low`` .. ``<key>_high`` (in points); ``-`` when the value is missing."""
+    value, low, high = (record.get(name) for name in (key, f"{key}_low", f"{key}_high"))
+    if value is None or pd.isna(value):
+        return "-"
+    text = f"{100 * float(value):.{digits}f}%"
+    if any(bound is None or pd.isna(bound) for bound in (low, high)):
         return text
-    return f"{text} [{100 * float(low):.2f}, {100 * float(high):.2f}]"
+    return f"{text} [{100 * float(low):.{digits}f}, {100 * float(high):.{digits}f}]"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -66,6 +70,6 @@ def to_markdown(table: pd.DataFrame) -> str:
     headers = [COLUMNS[key] for key in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for record in table.to_dict(orient="records"):
-        lines.append("| " + " | ".join(with_interval(key, record) if key in INTERVALS else format_value(key, record[key])
+        lines.append("| " + " | ".join(estimate_text(record, key) if key in INTERVALS else format_value(key, record[key])
                                        for key in columns) + " |")
     return "\n".join(lines) + "\n"

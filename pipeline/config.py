@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from pipeline.effects import EFFECT_NAMES, EFFECTS
 from pipeline.hardware import PerturbationConfig, curve_point
-from pipeline.validation import ConfigError, parse_enum, parse_int_list, require_float, require_int
+from pipeline.validation import ConfigError, optional_float, parse_enum, parse_int_list, require_float, require_int
 
 
 class Dataset(str, enum.Enum):
@@ -233,10 +233,7 @@ class RobustnessConfig:
         for name in ("chips", "target_chips"):
             if getattr(self, name) >= CHIP_SEED_STRIDE:
                 raise ConfigError(name, f"must be below {CHIP_SEED_STRIDE:,} (the chips of one seed); got {getattr(self, name)}")
-        if str(self.accuracy_spec).strip().lower() in ("none", ""):
-            set_("accuracy_spec", None)
-        else:
-            set_("accuracy_spec", require_float("accuracy_spec", self.accuracy_spec, 0.0, 1.0))
+        set_("accuracy_spec", optional_float("accuracy_spec", self.accuracy_spec, 0.0, 1.0))
         set_("seed", require_int("seed", self.seed, minimum=0))
         set_("batch_size", require_int("batch_size", self.batch_size, minimum=1))
         set_("chips_per_pass", require_int("chips_per_pass", self.chips_per_pass, minimum=0))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pipeline.effects import EFFECTS, PARAMETERS, Effect, EffectParams
-from pipeline.validation import ConfigError, require_float
+from pipeline.validation import ConfigError, optional_float
 
 EMPTY = (None, "")  #: text that means "not given" (and "none" where the parameter's default is None)
 
@@ -198,9 +198,5 @@ def load_target(path: str | Path, parameter: str = "target") -> tuple[Perturbati
 
 def target_from_mapping(mapping: dict, parameter: str, origin: str) -> tuple[PerturbationConfig, float | None]:
     mapping = dict(mapping)
-    accuracy_spec = mapping.pop(ACCURACY_SPEC, None)
-    if accuracy_spec in EMPTY or str(accuracy_spec).strip().lower() == "none":
-        accuracy_spec = None
-    else:
-        accuracy_spec = require_float(f"{parameter}: {ACCURACY_SPEC}", accuracy_spec, 0.0, 1.0)
+    accuracy_spec = optional_float(f"{parameter}: {ACCURACY_SPEC}", mapping.pop(ACCURACY_SPEC, None), 0.0, 1.0)
     return PerturbationConfig.from_mapping(mapping, parameter, origin), accuracy_spec

@@ -260,6 +260,9 @@ class HardwareAwareMixin:
             outputs = tf.matmul(quantized, kernel)
         else:
             outputs = tf.tensordot(quantized, kernel, [[quantized.shape.rank - 1], [0]])
+        return self._bias_and_activation(outputs)
+
+    def _bias_and_activation(self, outputs):
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, self.bias)
         return self.activation(outputs) if self.activation is not None else outputs
@@ -272,10 +275,7 @@ class HardwareAwareMixin:
             return self._accumulate(quantized, kernels[0])
         if self.is_dense_on_flat(quantized):
             parts = tf.reshape(quantized, [chips, -1, quantized.shape[-1]])
-            outputs = tf.reshape(tf.matmul(parts, kernels), [-1, kernels.shape[-1]])
-            if self.use_bias:
-                outputs = tf.nn.bias_add(outputs, self.bias)
-            return self.activation(outputs) if self.activation is not None else outputs
+            return self._bias_and_activation(tf.reshape(tf.matmul(parts, kernels), [-1, kernels.shape[-1]]))
         parts = tf.split(quantized, chips, axis=0)
         return tf.concat([self._accumulate(part, kernels[index]) for index, part in enumerate(parts)], axis=0)
 

@@ -87,20 +87,21 @@ def interval_bars(rows: Sequence[Mapping], key: str) -> tuple[list[float], np.nd
     return means, np.array([np.subtract(means, lows), np.subtract(highs, means)])
 
 
-def target_distribution_figure(accuracies: np.ndarray, accuracy_spec: float | None, summaries: Mapping[str, float],
-                               title: str) -> Figure:
-    """Histogram of the chips' test accuracies at the target condition, with the spec line and the yield."""
+def target_distribution_figure(accuracies: np.ndarray, summaries: Mapping[str, float], title: str) -> Figure:
+    """Histogram of the chips' test accuracies at the target condition, with the spec line and the
+    yield (``summaries`` of the robustness evaluation: the spec is there when one was given)."""
+    from pipeline.compare import estimate_text
+
     figure = Figure(figsize=(6.5, 4))
     axes = figure.add_subplot()
     values = 100 * np.asarray(accuracies, dtype=float)
     axes.hist(values, bins=min(40, max(5, len(values) // 10)), color="C0", alpha=0.8)
     axes.axvline(100 * summaries["robust_acc_target"], color="black", linestyle="--", linewidth=1,
-                 label=f"mean {100 * summaries['robust_acc_target']:.2f}% "
-                       f"[{100 * summaries['robust_acc_target_low']:.2f}, {100 * summaries['robust_acc_target_high']:.2f}]")
-    if accuracy_spec is not None and "robust_yield_target" in summaries:
-        axes.axvline(100 * accuracy_spec, color="C3", linewidth=2,
-                     label=f"spec {100 * accuracy_spec:.1f}%: yield {100 * summaries['robust_yield_target']:.1f}% "
-                           f"[{100 * summaries['robust_yield_target_low']:.1f}, {100 * summaries['robust_yield_target_high']:.1f}]")
+                 label=f"mean {estimate_text(summaries, 'robust_acc_target')}")
+    if "robust_yield_target" in summaries:
+        spec = summaries["accuracy_spec"]
+        axes.axvline(100 * spec, color="C3", linewidth=2,
+                     label=f"spec {100 * spec:.1f}%: yield {estimate_text(summaries, 'robust_yield_target', 1)}")
     axes.set(xlabel="test accuracy of the chip (%)", ylabel="chips", title=f"{title} ({len(values)} chips)")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)

@@ -161,7 +161,8 @@ def evaluate_robustness(
     images, labels = data.images("test"), data.labels("test")
     first_chip = config.seed * CHIP_SEED_STRIDE
     rows, traces, clean, hardware = [], 0, None, None
-    for chips, conditions_of_pass in ((config.chips, conditions(config)[:-1]), (config.target_chips, conditions(config)[-1:])):
+    points = conditions(config)
+    for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
         side_by_side = chips_side_by_side(model, targets, config, chips)
         if hardware is None or chips_per_pass(hardware) != side_by_side:  # the curves' copy serves the target when it can
             hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
@@ -206,7 +207,7 @@ def summarize(chips: pd.DataFrame, accuracy_spec: float | None) -> pd.DataFrame:
     records = []
     for (effect, index, level), group in chips.groupby(["effect", "level_index", "level"], sort=False):
         values, exact = group["accuracy"].to_numpy(), not bool(group["random"].iloc[0])
-        low, high = (float(values.mean()),) * 2 if exact else mean_interval(values)
+        low, high = mean_interval(values, exact)
         record = {"effect": effect, "level_index": index, "level": level, "acc_mean": float(values.mean()),
                   "acc_low": low, "acc_high": high, "acc_std": float(np.std(values)), "acc_min": float(values.min()),
                   "acc_max": float(values.max()), "acc_p5": float(np.percentile(values, 5)), "chips": len(values)}

@@ -205,7 +205,7 @@ def add_tflite_size(run_id: str, bits: int) -> None:
 def robustness_step(model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, title: str):
     """Evaluate and log robustness inside the active run; returns (curves, summary metrics)."""
     result = evaluate_robustness(model, data, config)
-    tracking.log_robustness(result, title, config.accuracy_spec)
+    tracking.log_robustness(result, title)
     tracking.log_params(flatten_robustness(config))
     print(f"[robustness] {title}: {describe_target(result.summaries)}, {result.seconds:.1f} s, {result.traces} trace(s)")
     return result.curves, {**result.summaries, "robust_eval_seconds": result.seconds}
@@ -213,12 +213,9 @@ def robustness_step(model: tf.keras.Model, data: PreparedData, config: Robustnes
 
 def describe_target(summaries: dict) -> str:
     """``target accuracy 86.30% [85.91, 86.69] over 1000 chips, yield at spec 88.00%: 12.3% [10.4, 14.5]``."""
-    low, high = summaries["robust_acc_target_low"], summaries["robust_acc_target_high"]
-    interval = "" if low != low else f" [{100 * low:.2f}, {100 * high:.2f}]"  # NaN: one random chip, no spread known
-    text = f"target accuracy {100 * summaries['robust_acc_target']:.2f}%{interval} over {summaries['robust_target_chips']:.0f} chips"
+    text = f"target accuracy {compare.estimate_text(summaries, 'robust_acc_target')} over {summaries['robust_target_chips']:.0f} chips"
     if "robust_yield_target" in summaries:
-        text += (f", yield at spec {100 * summaries['accuracy_spec']:.2f}%: {100 * summaries['robust_yield_target']:.1f}% "
-                 f"[{100 * summaries['robust_yield_target_low']:.1f}, {100 * summaries['robust_yield_target_high']:.1f}]")
+        text += f", yield at spec {100 * summaries['accuracy_spec']:.2f}%: {compare.estimate_text(summaries, 'robust_yield_target', 1)}"
     return text
 
 
@@ -319,7 +316,7 @@ def log_comparison(rows: list[dict]) -> None:
     headline["accuracy_drop"] = baseline["test_accuracy"] - quantized["test_accuracy"]
     headline["size_reduction"] = baseline["model_size_packed_bytes"] / quantized["model_size_packed_bytes"]
     for row in rows:
-        for key in ("test_accuracy", *compare.ROBUSTNESS_COLUMNS, *(f"{key}_{b}" for key in compare.INTERVALS for b in ("low", "high"))):
+        for key in ("test_accuracy", *compare.ROBUSTNESS_COLUMNS, *compare.INTERVAL_BOUNDS):
             if key in row:
                 headline[f"{row['stage']}_{key}"] = row[key]
     tracking.log_metrics(headline)

@@ -35,12 +35,15 @@ def wilson_interval(passed: int, total: int, z: float = Z) -> tuple[float, float
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float]:
-    """Student's t interval of the mean of ``values`` (one value: no spread known, NaN bounds)."""
+def mean_interval(values: Sequence[float], exact: bool = False) -> tuple[float, float]:
+    """Student's t interval of the mean of ``values`` (one value: no spread known, NaN bounds) --
+    or, when ``exact`` (every chip is the same), the mean itself as both bounds."""
     from scipy import stats
 
     values = np.asarray(values, dtype=float)
     mean = float(values.mean())
+    if exact:
+        return mean, mean
     if len(values) < 2:
         return math.nan, math.nan
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))

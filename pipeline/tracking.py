@@ -328,7 +328,7 @@ def load_model(model_uri: str) -> tf.keras.Model:
 
 
 
-def log_robustness(result, title: str, accuracy_spec: float | None = None) -> None:
+def log_robustness(result, title: str) -> None:
     """Curves as step metrics (step = level index; ``robustness/<effect>/level`` holds the level
     at that step), summaries as metrics, the tidy tables as CSV / MLflow tables, and PNGs: the
     curves, and the target condition's per-chip accuracies against the spec (CSV and histogram)."""
@@ -348,5 +348,5 @@ def log_robustness(result, title: str, accuracy_spec: float | None = None) -> No
     mlflow.log_text(target.to_csv(index=False), "robustness/target_chips.csv")
     log_table(result.curves, "robustness/curves")
     log_figure(plots.robustness_figure({title: result.curves}, f"{title}: robustness"), "robustness/curves.png")
-    log_figure(plots.target_distribution_figure(target["accuracy"].to_numpy(), accuracy_spec, result.summaries,
+    log_figure(plots.target_distribution_figure(target["accuracy"].to_numpy(), result.summaries,
                                                 f"{title}: accuracy of each chip at the target"), "robustness/target_histogram.png")

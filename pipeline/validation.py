@@ -69,6 +69,13 @@ def require_float(
     return number
 
 
+def optional_float(parameter: str, value: Any, low: float | None = None, high: float | None = None) -> float | None:
+    """None for "not given" (None, empty text or ``none``), else :func:`require_float`."""
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    return require_float(parameter, value, low, high)
+
+
 def parse_int_list(parameter: str, value: Any) -> tuple[int, ...]:
     """``"512,512"`` or ``[512, 512]`` as a tuple of positive ints."""
     items = value.split(",") if isinstance(value, str) else list(value)

@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib import pyplot
 
 from pipeline import stages, tracking
+from pipeline.compare import estimate_text
 from pipeline.config import ModelConfig, RobustnessConfig, TrainConfig, flatten
 from pipeline.effects import PARAMETERS
 from pipeline.validation import ConfigError
@@ -191,7 +192,7 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
         stages.log_comparison(rows)
         if robustness.accuracy_spec is not None:
             print(f"\n[sweep] yield at spec {100 * robustness.accuracy_spec:.2f}% over {robustness.target_chips} chips (95% CI): "
-                  + "; ".join(f"{label} {yield_text(row)}" for label, row in zip(("float baseline", "plain QAT", "best trial"), rows)))
+                  + "; ".join(f"{label} {estimate_text(row, 'robust_yield_target', 1)}" for label, row in zip(("float baseline", "plain QAT", "best trial"), rows)))
     if warned:
         print("\n" + "\n".join(warned), flush=True)
     parent = tracking.mlflow.active_run().info.run_id
@@ -201,13 +202,6 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
 def best_name(key: str) -> str:
     """``robust_acc_target_low`` -> ``best_target_accuracy_low``, ``robust_yield_target`` -> ``best_target_yield``."""
     return key.replace("robust_acc_target", "best_target_accuracy").replace("robust_yield_target", "best_target_yield")
-
-
-def yield_text(row: dict) -> str:
-    if row.get("robust_yield_target") is None:
-        return "-"
-    return (f"{100 * row['robust_yield_target']:.1f}% [{100 * row['robust_yield_target_low']:.1f}, "
-            f"{100 * row['robust_yield_target_high']:.1f}]")
 
 
 def print_top_trials(table: pd.DataFrame, objective: Objective) -> None:

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from optuna_integration import TFKerasPruningCallback
 
 from pipeline import stages, tracking
+from pipeline.compare import INTERVAL_BOUNDS, INTERVALS
 from pipeline.config import ConfigError, DataConfig, ModelConfig, RobustnessConfig, TrainConfig, flatten
 from pipeline.data import PreparedData
 from pipeline.robustness import TargetValidation
@@ -34,8 +35,7 @@ HEARTBEAT_SECONDS = 20
 STORAGE_ATTEMPTS = 3  #: workers starting together race to create the storage's tables: the loser retries
 GRACE_SECONDS = 90
 #: a trial's results kept on the Optuna trial (user attributes), for the report
-TRIAL_RESULTS = ("test_accuracy", "robust_acc_target", "robust_acc_target_low", "robust_acc_target_high",
-                 "robust_yield_target", "robust_yield_target_low", "robust_yield_target_high")
+TRIAL_RESULTS = ("test_accuracy", *INTERVALS, *INTERVAL_BOUNDS)
 
 
 class PrunedTrial(optuna.TrialPruned):
