@@ -219,11 +219,25 @@ def run_perturb(args: argparse.Namespace) -> None:
 
 def run_main(args: argparse.Namespace) -> None:
     data_cfg, model_cfg, train_cfg = data_config(args), qat_model_config(args), train_config(args)
+    compared = compared_model_config(args, model_cfg)
     robust_cfg, perturbation = hardware_configs(args, model_cfg, with_perturbation=True)
     from pipeline import stages, tracking
 
     tracking.use_experiment()
-    stages.main_stage(data_cfg, model_cfg, train_cfg, robust_cfg, perturbation)
+    stages.main_stage(data_cfg, model_cfg, train_cfg, robust_cfg, perturbation, compared)
+
+
+def compared_model_config(args: argparse.Namespace, quantized: ModelConfig) -> ModelConfig | None:
+    """The second quantized model of ``main`` (``--compare_bits``; 0 or the same bits: none)."""
+    if str(args.compare_bits).strip().lower() in ("0", "none"):
+        return None
+    try:
+        config = model_config(args, args.compare_bits)
+    except ConfigError as error:
+        raise ConfigError("compare_bits", f"{str(error).split(': ', 1)[1]}; 0 = no second quantized model") from None
+    if config.is_float:
+        raise ConfigError("compare_bits", "the float model is always compared: use 1..8, or 0 for none")
+    return None if config.bits == quantized.bits else config
 
 
 def run_sweep(args: argparse.Namespace) -> None:
@@ -324,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
             add_robustness_arguments(command)
         if name in ("perturb", "main"):
             add_perturbation_arguments(command)
+        if name == "main":
+            command.add_argument("--compare_bits", default="2", help="a second, k-bit QAT model in the comparison "
+                                 "(1..8, e.g. 2; 0 = none)")
         if name in ("baseline", "qat", "perturb"):
             command.add_argument("--data_uri", default="", help="prepared data of an earlier prepare run (artifact URI)")
         command.set_defaults(handler=handler)

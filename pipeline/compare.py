@@ -15,11 +15,15 @@ COLUMNS = {
     "model": "model",
     "stage": "stage",
     "test_accuracy": "test accuracy",
+    "deployed_accuracy": "deployed accuracy",
+    "deployed_agreement": "agrees with Keras",
     "model_size_packed_bytes": "packed size (B)",
+    "model_size_tflite_bytes": "flatbuffer (B)",
     "model_size_float32_bytes": "float32 size (B)",
     "compression_ratio": "compression",
-    "model_size_tflite_bytes": "TFLite size (B)",
-    "tflite_converter": "TFLite converter",
+    "deployed_latency_ms": "ms/image (batch 1)",
+    "deployed_images_per_s": "images/s (batch 64)",
+    "tflite_converter": "converter",
     "training_seconds": "training time (s)",
     "model_parameters": "parameters",
     "epochs": "epochs",
@@ -40,8 +44,12 @@ def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
 def format_value(key: str, value: object) -> str:
     if value is None or (isinstance(value, float) and value != value):  # missing (NaN in a float column)
         return "-"
-    if key in ("test_accuracy", "accuracy_spec", *ROBUSTNESS_COLUMNS):
+    if key in ("test_accuracy", "deployed_accuracy", "deployed_agreement", "accuracy_spec", *ROBUSTNESS_COLUMNS):
         return f"{100 * float(value):.2f}%"
+    if key == "deployed_latency_ms":
+        return f"{float(value):.3f}"
+    if key == "deployed_images_per_s":
+        return f"{float(value):,.0f}"
     if key == "compression_ratio":
         return f"{float(value):.1f}x"
     if key == "training_seconds":

@@ -50,11 +50,11 @@ import tensorflow as tf
 
 from pipeline.chips import attach_hardware, calibrate
 from pipeline.effects.saturation import ClipMode, SaturationParams
+from pipeline.export import PIXEL_BITS
 from pipeline.hardware import PerturbationConfig
 from pipeline.models import quantized_layers
 from pipeline.robustness import model_targets
 
-PIXEL_BITS = 8
 INPUT_ENCODING = "8-bit pixels p, x = p/127.5 - 1"
 PIXEL_LEVELS = [p / 127.5 - 1.0 for p in range(2**PIXEL_BITS)]
 CONVENTIONS = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -44,39 +45,79 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str) -> Figure
 
 
 def comparison_figure(rows: Sequence[Mapping[str, float | str]]) -> Figure:
-    """Each compared model: clean and target accuracy (95 % interval over chips), packed size, and
-    the target yield at the spec with its 95 % Wilson interval."""
+    """Each compared model: clean, deployed and target accuracy (95 % interval over chips), packed
+    and flatbuffer size, the deployed model's speed, and the target yield at the spec (95 % Wilson
+    interval); a panel whose numbers no model has is left out."""
+    deployed = [row for row in rows if row.get("deployed_latency_ms") is not None]
     with_yield = [row for row in rows if row.get("robust_yield_target") is not None]
-    figure = Figure(figsize=(13 if with_yield else 9, 3.8))
-    acc_axes, size_axes, *yield_axes = figure.subplots(1, 3 if with_yield else 2)
+    panels = 2 + bool(deployed) + bool(with_yield)
+    figure = Figure(figsize=(4.4 * panels, 3.8))
+    axes = list(figure.subplots(1, panels))
     names = [f"{row['stage']}\n{row['model']}" for row in rows]
-    colors = [f"C{i}" for i in range(len(rows))]
-    accuracies = [100 * float(row["test_accuracy"]) for row in rows]
-    sizes = [float(row["model_size_packed_bytes"]) / 1024 for row in rows]
-    acc_axes.bar(names, accuracies, color=colors, label="clean test accuracy")
-    lowest = min(accuracies)
-    if all(row.get("robust_acc_target") is not None for row in rows):
-        means, errors = interval_bars(rows, "robust_acc_target")
-        acc_axes.errorbar(range(len(rows)), means, yerr=errors, fmt="D", color="black", capsize=4,
-                          label="target hardware (95% CI over chips)")
-        acc_axes.legend(fontsize=7, loc="lower right")
-        lowest = min(lowest, *means)
-    acc_axes.set(ylabel="test accuracy (%)", ylim=(max(0.0, lowest - 10), 100), title="accuracy")
-    size_axes.bar(names, sizes, color=colors)
-    size_axes.set(ylabel="packed size (KiB)", yscale="log", title="model size (weights at their bit width)")
-    for axes, values, fmt in ((acc_axes, accuracies, "{:.2f}%"), (size_axes, sizes, "{:.1f} KiB")):
-        for index, value in enumerate(values):
-            axes.annotate(fmt.format(value), (index, value), ha="center", va="bottom", fontsize=8)
+    accuracy_panel(axes[0], rows, names)
+    size_panel(axes[1], rows, names)
+    if deployed:
+        speed_panel(axes[2], rows, names)
     if with_yield:
         means, errors = interval_bars(rows, "robust_yield_target")
-        yield_axes[0].bar(names, means, color=colors, yerr=errors, capsize=4)
+        axes[-1].bar(names, means, color=[f"C{i}" for i in range(len(rows))], yerr=errors, capsize=4)
         spec = with_yield[0].get("accuracy_spec")
-        yield_axes[0].set(ylabel="chips meeting the spec (%)", ylim=(0, 105),
-                          title="target yield" + (f" at spec {100 * float(spec):.1f}%" if spec is not None else "") + " (95% CI)")
-    for axes in (acc_axes, size_axes, *yield_axes):
-        axes.tick_params(axis="x", labelrotation=15)
+        axes[-1].set(ylabel="chips meeting the spec (%)", ylim=(0, 105),
+                     title="target yield" + (f" at spec {100 * float(spec):.1f}%" if spec is not None else "") + " (95% CI)")
+    for panel in axes:
+        panel.tick_params(axis="x", labelrotation=15)
     figure.tight_layout()
     return figure
+
+
+def accuracy_panel(axes, rows: Sequence[Mapping], names: list[str]) -> None:
+    accuracies = [100 * float(row["test_accuracy"]) for row in rows]
+    axes.bar(names, accuracies, color=[f"C{i}" for i in range(len(rows))], label="clean test accuracy (Keras)")
+    lowest = min(accuracies)
+    deployed = [100 * float(row["deployed_accuracy"]) if row.get("deployed_accuracy") is not None else np.nan for row in rows]
+    if not np.all(np.isnan(deployed)):
+        axes.plot(range(len(rows)), deployed, "x", color="white", markersize=9, mew=2, label="deployed flatbuffer")
+    if all(row.get("robust_acc_target") is not None for row in rows):
+        means, errors = interval_bars(rows, "robust_acc_target")
+        axes.errorbar(range(len(rows)), means, yerr=errors, fmt="D", color="black", capsize=4,
+                      label="target hardware (95% CI over chips)")
+        lowest = min(lowest, *means)
+    axes.legend(fontsize=7, loc="lower right")
+    axes.set(ylabel="test accuracy (%)", ylim=(max(0.0, lowest - 10), 100), title="accuracy")
+    for index, value in enumerate(accuracies):
+        axes.annotate(f"{value:.2f}%", (index, value), ha="center", va="bottom", fontsize=8)
+
+
+def size_panel(axes, rows: Sequence[Mapping], names: list[str]) -> None:
+    """Packed weights (Larq's count) next to the deployable flatbuffer, where it was measured."""
+    positions = np.arange(len(rows))
+    packed = [float(row["model_size_packed_bytes"]) / 1024 for row in rows]
+    files = [float(row["model_size_tflite_bytes"]) / 1024 if row.get("model_size_tflite_bytes") is not None else np.nan
+             for row in rows]
+    axes.bar(positions - 0.2, packed, 0.4, color="C0", label="packed weights")
+    axes.bar(positions + 0.2, files, 0.4, color="C1", label="deployed flatbuffer")
+    for index, (pack, file) in enumerate(zip(packed, files)):
+        axes.annotate(f"{pack:.0f}", (index - 0.2, pack), ha="center", va="bottom", fontsize=7)
+        if not np.isnan(file):
+            axes.annotate(f"{file:.0f}", (index + 0.2, file), ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(positions, names)
+    axes.legend(fontsize=7)
+    axes.set(ylabel="size (KiB, log)", yscale="log", title="model size")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def speed_panel(axes, rows: Sequence[Mapping], names: list[str]) -> None:
+    """The deployed model's latency at batch 1, annotated with its throughput at batch 64."""
+    latency = [float(row["deployed_latency_ms"]) if row.get("deployed_latency_ms") is not None else np.nan for row in rows]
+    axes.bar(names, latency, color=[f"C{i}" for i in range(len(rows))])
+    for index, row in enumerate(rows):
+        if row.get("deployed_images_per_s") is not None:
+            axes.annotate(f"{latency[index]:.2f} ms\n{float(row['deployed_images_per_s']):,.0f} img/s", (index, latency[index]),
+                          ha="center", va="bottom", fontsize=7)
+    threads = next(int(row["deployed_threads"]) for row in rows if row.get("deployed_threads") is not None)
+    axes.set(ylabel="ms per image (batch 1)", ylim=(0, 1.35 * np.nanmax(latency)),
+             title=f"deployed model's speed ({threads} threads)")
 
 
 def interval_bars(rows: Sequence[Mapping], key: str) -> tuple[list[float], np.ndarray]:

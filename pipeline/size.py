@@ -6,13 +6,12 @@
   :class:`larq.models.ModelProfile` memory, which also folds BatchNorm's ``beta`` into its
   moving mean (inference needs only one of the pair). Rounded up to whole bytes.
 * ``file_bytes``: the saved ``.keras`` file on disk (weights stored as float32 latent values).
-* ``tflite_bytes``: the converted flatbuffer -- Larq Compute Engine for 1-bit models (which
-  packs binary convolutions to 1 bit, but not binary Dense layers), the TFLite converter otherwise.
+
+The size of the deployable flatbuffer is measured where it is made and run: :mod:`pipeline.deployment`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from pathlib import Path
 import pipeline  # noqa: F401
 import larq as lq
 import tensorflow as tf
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,46 +63,7 @@ def saved_file_bytes(model: tf.keras.Model) -> int:
         return path.stat().st_size
 
 
-@dataclass(frozen=True)
-class TfliteResult:
-    flatbuffer: bytes
-    converter: str  #: ``larq-compute-engine`` or ``tflite``
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.flatbuffer)
-
-
-def convert_to_tflite(model: tf.keras.Model, bits: int) -> TfliteResult:
-    """The model as a TFLite flatbuffer: LCE for 1-bit models where it loads, TFLite otherwise."""
-    if bits == 1:
-        try:
-            import larq_compute_engine as lce
-
-            return TfliteResult(lce.convert_keras_model(model), "larq-compute-engine")
-        except Exception as error:  # LCE missing or unable to convert: say so, use TFLite
-            log.warning("Larq Compute Engine could not convert the model (%s); using the TFLite converter", error)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return TfliteResult(converter.convert(), "tflite")
-
-
-TFLITE_SKIPPED = "not converted (sweep trial)"  #: ``tflite_converter`` tag of a run without a flatbuffer
-
-
-def size_report(model: tf.keras.Model, bits: int, tflite: bool = True) -> tuple[dict[str, float], dict[str, str]]:
-    """Size metrics and tags for one trained model (``tflite=False``: without the flatbuffer, which
-    takes about a second to convert -- sweep trials leave it to the sweep's best trial)."""
-    metrics = {**model_size(model).as_metrics(), "model_size_file_bytes": saved_file_bytes(model)}
-    if not tflite:
-        return metrics, {"tflite_converter": TFLITE_SKIPPED}
-    converted = convert_to_tflite(model, bits)
-    return {**metrics, "model_size_tflite_bytes": converted.nbytes}, {"tflite_converter": converted.converter}
-
-
 def larq_summary(model: tf.keras.Model) -> str:
     lines: list[str] = []
     lq.models.summary(model, print_fn=lines.append)
     return "\n".join(lines)
-
-
-

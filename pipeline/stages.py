@@ -7,6 +7,7 @@ The work itself is done by the pure functions of ``data``, ``models``, ``trainin
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -22,10 +23,16 @@ from pipeline.evaluation import evaluate
 from pipeline.models import build_model
 from pipeline.chips import attach_hardware, strip_hardware
 from pipeline.robustness import evaluate_robustness
-from pipeline.size import TFLITE_SKIPPED, convert_to_tflite, larq_summary, size_report
+from pipeline.deployment import SKIPPED, deploy
+from pipeline.export import ExportError
+from pipeline.manifest import hardware_manifest
+from pipeline.size import larq_summary, model_size, saved_file_bytes
 from pipeline.training import graph_memory_released, seed_everything, train
 
+DEPLOYED_HEADLINE = ("deployed_accuracy", "deployed_agreement", "model_size_tflite_bytes", "deployed_latency_ms",
+                     "deployed_images_per_s")  #: per-stage metrics of the deployed models on the main run
 MODEL_SAMPLE_IMAGES = 8  #: test images used to infer the logged model's signature
+MANIFEST_ARTIFACT = "deploy/hardware_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ def training_stage(
     ``get_data`` is called inside the stage's run, so a prepare run it starts is nested under it.
     ``monitors`` add to each epoch's logs before they are logged; ``callbacks`` run after (pruning).
     ``on_start`` receives the run id as soon as the run exists (a sweep stores it on its trial).
-    ``convert_tflite=False`` skips the TFLite flatbuffer (see :func:`add_tflite_size`).
+    ``convert_tflite=False`` skips the deployable flatbuffer (see :func:`deploy_logged_run`).
     """
     label = model_config.label
     run_name = run_name or f"{stage}-{label}" + (f"-{perturbation.label}" if perturbation is not None else "")
@@ -136,7 +143,8 @@ def training_stage(
         print(f"[{stage}] training {run_name}: {model.count_params():,} weights, {train_config.epochs} epochs")
         result = train(model, handle.data, train_config, callbacks=[*monitors, tracking.EpochMetricsLogger(), *callbacks])
         try:
-            row = finish_training_stage(stage, run_name, label, model, model_config, result, handle, robustness, convert_tflite)
+            row = finish_training_stage(stage, run_name, label, model, model_config, result, handle, robustness, convert_tflite,
+                                        perturbation)
             timings = {"time_build_s": build_seconds, "time_fit_s": result.seconds, **row.pop("timings")}
             timings["time_total_s"] = time.perf_counter() - started
             timings["time_logging_s"] = timings["time_total_s"] - sum(
@@ -159,26 +167,34 @@ def training_stage(
 def finish_training_stage(
     stage: str, run_name: str, label: str, model: tf.keras.Model, model_config: ModelConfig, result,
     handle: DataHandle, robustness: RobustnessConfig | None, convert_tflite: bool = True,
+    perturbation: PerturbationConfig | None = None,
 ) -> dict:
-    """Evaluate, size and log a trained model in the active run; returns its comparison row."""
+    """Evaluate, size, deploy and log a trained model in the active run (with its hardware manifest:
+    ``perturbation`` is what it was trained with); returns its comparison row."""
     run_id = tracking.mlflow.active_run().info.run_id
     started = time.perf_counter()
     evaluation = evaluate(model, handle.data)
     evaluate_seconds = time.perf_counter() - started
     deployable = strip_hardware(model)
-    size_metrics, size_tags = size_report(deployable, model_config.bits, tflite=convert_tflite)
-    size_seconds = time.perf_counter() - started - evaluate_seconds
     metrics = {
         **evaluation.as_metrics(),
-        **size_metrics,
+        **model_size(deployable).as_metrics(),
+        "model_size_file_bytes": saved_file_bytes(deployable),
         "training_seconds": result.seconds,
         "epochs": result.epochs_run,
     }
     tracking.log_metrics(metrics)
+    deployed, size_tags = ({}, {"tflite_converter": SKIPPED})
+    if convert_tflite:
+        deployed, size_tags = deployment_step(run_id, run_name, deployable, handle.data)
+    metrics.update(deployed)
     tracking.log_tags(size_tags)
+    size_seconds = time.perf_counter() - started - evaluate_seconds
     tracking.log_figure(plots.confusion_figure(evaluation.confusion, f"{label}: test confusion"), "plots/confusion_matrix.png")
     tracking.log_figure(plots.history_figure(result.history, f"{run_name}: training"), "plots/training_curves.png")
     tracking.log_text(larq_summary(deployable), "larq_summary.txt")
+    tracking.log_dict(hardware_manifest(deployable, handle.data.images("val"), trained_with=perturbation,
+                                        target=robustness.target if robustness else None), MANIFEST_ARTIFACT)
     model_uri = tracking.log_model(model, handle.data.images("test")[:MODEL_SAMPLE_IMAGES])
     tracking.log_tags({"model_uri": model_uri})
     row = {"model": label, "stage": stage, "run_id": run_id, "model_uri": model_uri, **metrics, **size_tags}
@@ -191,15 +207,35 @@ def finish_training_stage(
     return row
 
 
-def add_tflite_size(run_id: str, bits: int) -> None:
-    """Convert the model a run logged without its TFLite flatbuffer (a sweep trial) and add the size."""
-    client = tracking.MlflowClient()
-    tags = client.get_run(run_id).data.tags
-    if tags.get("tflite_converter") != TFLITE_SKIPPED:
+def deployment_step(run_id: str, title: str, deployable: tf.keras.Model, data: PreparedData) -> tuple[dict, dict]:
+    """Convert the deployable model, run and time it on the test split, log the flatbuffer and the
+    measurements on ``run_id``; returns (metrics, tags). A model that cannot be converted is said
+    in the tag ``tflite_converter`` (``failed: <reason>``) and claims no size."""
+    try:
+        measured, flatbuffer = deploy(deployable, data.images("test"), data.labels("test"))
+    except ExportError as error:
+        print(f"WARNING: {title}: the model was not converted ({error})", file=sys.stderr, flush=True)
+        tags = {"tflite_converter": f"failed: {error}"[:5000]}
+        tracking.log_to_run(run_id, {}, tags)
+        return {}, tags
+    tags = {"tflite_converter": measured.converter}
+    if measured.warning:
+        print(f"WARNING: {title}: {measured.warning}", file=sys.stderr, flush=True)
+        tags["deployed_warning"] = measured.warning
+    tracking.log_to_run(run_id, measured.metrics(), tags)
+    tracking.log_bytes(run_id, flatbuffer.content, "deploy/model.tflite")
+    print(f"[deploy] {title}: {measured.converter} flatbuffer {measured.file_bytes:,} B, deployed accuracy "
+          f"{100 * measured.accuracy:.2f}% (agrees with Keras on {100 * measured.agreement:.2f}%), "
+          f"{measured.latency_ms:.3f} ms/image, {measured.images_per_s:,.0f} images/s at batch 64 ({measured.threads} threads)")
+    return measured.metrics(), tags
+
+
+def deploy_logged_run(run_id: str, data: PreparedData) -> None:
+    """Convert, run and time the model of a run that skipped it (a sweep trial), on that run."""
+    tags = tracking.MlflowClient().get_run(run_id).data.tags
+    if tags.get("tflite_converter") != SKIPPED:
         return
-    converted = convert_to_tflite(strip_hardware(tracking.load_model(tags["model_uri"])), bits)
-    client.log_metric(run_id, "model_size_tflite_bytes", converted.nbytes)
-    client.set_tag(run_id, "tflite_converter", converted.converter)
+    deployment_step(run_id, tracking.run_name(run_id), strip_hardware(tracking.load_model(tags["model_uri"])), data)
 
 
 def robustness_step(model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, title: str):
@@ -274,24 +310,29 @@ def main_stage(
     train_config: TrainConfig,
     robustness: RobustnessConfig,
     perturbation: PerturbationConfig,
+    compared: ModelConfig | None = None,
 ) -> list[dict]:
-    """prepare -> float baseline -> Larq QAT -> perturbation-aware QAT -> comparison, as one parent
-    run with a child per stage; every trained model's robustness is evaluated."""
+    """prepare -> float baseline -> Larq QAT (-> a second, k-bit QAT: ``compared``) -> perturbation-aware
+    QAT -> comparison, as one parent run with a child per stage; every trained model's robustness is evaluated."""
     quantized = model_config if not model_config.is_float else dataclasses.replace(model_config, bits=1)
     baseline_config = dataclasses.replace(quantized, bits=32)
     data = data_module.prepare(data_config)  # before the parent run: bad data fails before anything is logged
+    precisions = f"{quantized.bits}-bit" + (f" and {compared.bits}-bit" if compared else "")
     description = (
-        f"Float baseline vs {quantized.bits}-bit Larq QAT vs perturbation-aware QAT ({perturbation.label}) of the "
-        f"`{quantized.arch.value}` on {data.dataset.value}: accuracy, size, training time and robustness compared."
+        f"Float baseline vs {precisions} Larq QAT vs perturbation-aware QAT ({perturbation.label}) of the "
+        f"`{quantized.arch.value}` on {data.dataset.value}: accuracy, size, speed of the deployed model, training time "
+        "and robustness compared."
     )
     tags = {"dataset": data.dataset.value, "data_source": data.source.value, "model": quantized.label}
     with tracking.stage_run("main", f"main-{quantized.label}", description, tags):
-        tracking.log_params({**flatten("model", quantized), **flatten("train", train_config), **flatten("data", data_config)})
+        tracking.log_params({**flatten("model", quantized), **flatten("train", train_config), **flatten("data", data_config),
+                             "main.compare_bits": compared.bits if compared else 0})
         handle = prepare_stage(data_config, data=data)
         tracking.log_tags({"data_run_id": handle.run_id, "data_uri": handle.uri, "data_reused": handle.reused})
         rows = [
             training_stage("baseline", baseline_config, train_config, lambda: handle, robustness),
             training_stage("qat", quantized, train_config, lambda: handle, robustness),
+            *([training_stage("kbit", compared, train_config, lambda: handle, robustness)] if compared else []),
             training_stage("perturb", quantized, train_config, lambda: handle, robustness, perturbation),
         ]
         log_comparison(rows)
@@ -316,7 +357,7 @@ def log_comparison(rows: list[dict]) -> None:
     headline["accuracy_drop"] = baseline["test_accuracy"] - quantized["test_accuracy"]
     headline["size_reduction"] = baseline["model_size_packed_bytes"] / quantized["model_size_packed_bytes"]
     for row in rows:
-        for key in ("test_accuracy", *compare.ROBUSTNESS_COLUMNS, *compare.INTERVAL_BOUNDS):
+        for key in ("test_accuracy", *DEPLOYED_HEADLINE, *compare.ROBUSTNESS_COLUMNS, *compare.INTERVAL_BOUNDS):
             if key in row:
                 headline[f"{row['stage']}_{key}"] = row[key]
     tracking.log_metrics(headline)

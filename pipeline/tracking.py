@@ -119,6 +119,23 @@ def log_tags(tags: Mapping[str, object]) -> None:
     mlflow.set_tags({key: str(value) for key, value in tags.items()})
 
 
+def log_to_run(run_id: str, metrics: Mapping[str, float], tags: Mapping[str, object]) -> None:
+    """Metrics and tags on a given run (active or not: the deployment of a sweep's best trial)."""
+    from mlflow.entities import Metric, RunTag
+
+    timestamp = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
+                             tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
+def log_bytes(run_id: str, content: bytes, artifact_file: str) -> None:
+    """A binary artifact (a flatbuffer) on a given run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_bytes(content)
+        MlflowClient().log_artifact(run_id, str(path), artifact_path=str(Path(artifact_file).parent))
+
+
 def log_figure(figure, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 

@@ -178,7 +178,7 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
     if warned:  # the space may be too small: said at the end of the output, and on the parent run
         tracking.log_tags({"range_warnings": "\n".join(line.removeprefix("[sweep] ") for line in warned)[:5000]})
         tracking.log_text("\n".join(warned) + "\n", "sweep/range_warnings.txt")
-    stages.add_tflite_size(best.user_attrs["mlflow_run_id"], model.bits)
+    stages.deploy_logged_run(best.user_attrs["mlflow_run_id"], handle.data)
     if config.objective.is_pareto:
         front = table[table.number.isin([trial.number for trial in study.best_trials])]
         tracking.log_table(front, "sweep/pareto_front")

@@ -17,6 +17,10 @@ from pipeline.hardware import PerturbationConfig
         (["main", "--arch", "resnet"], "arch"),
         (["main", "--bits", "9"], "bits"),
         (["main", "--bits", "32"], "bits"),
+        (["main", "--compare_bits", "9"], "compare_bits"),
+        (["main", "--compare_bits", "32"], "compare_bits"),  # the float model is always compared
+        (["main", "--compare_bits", "two"], "compare_bits"),
+        (["qat", "--compare_bits", "2"], "compare_bits"),  # main only
         (["qat", "--bits", "0"], "bits"),
         (["baseline", "--epochs", "0"], "epochs"),
         (["baseline", "--epochs", "two"], "epochs"),

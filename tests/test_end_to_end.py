@@ -23,25 +23,27 @@ def test_main_entry_point(tracking_store):
     assert "Comparison" in result.stdout and "mlp-1bit" in result.stdout
 
     stages = runs_by_stage(tracking_store)
-    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1, "perturb": 1}
+    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1, "kbit": 1, "perturb": 1}
     parent = stages["main"][0]
     assert all(run.info.status == "FINISHED" for runs in stages.values() for run in runs)
-    for stage in ("prepare", "baseline", "qat", "perturb"):
+    for stage in ("prepare", "baseline", "qat", "kbit", "perturb"):
         assert stages[stage][0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.info.run_name == "main-mlp-1bit"
     assert parent.data.tags["data_source"] == "bundled"
 
-    baseline, qat, perturb = stages["baseline"][0].data, stages["qat"][0].data, stages["perturb"][0].data
+    baseline, qat, kbit, perturb = (stages[stage][0].data for stage in ("baseline", "qat", "kbit", "perturb"))
+    assert kbit.tags["model"] == "mlp-2bit" and parent.data.params["main.compare_bits"] == "2"
     # The perturbation-aware model trains at the target hardware's levels by default.
     assert stages["perturb"][0].info.run_name == "perturb-mlp-1bit-d20-s0.30-c0.50"
     assert perturb.params["perturb.noise_sigma"] == "0.3" and perturb.tags["perturbed_layers"] == "dense_1,dense_2"
-    for run in (baseline, qat, perturb):
+    for run in (baseline, qat, kbit, perturb):
         for metric in ROBUSTNESS_METRICS:
             assert 0 <= run.metrics[metric] <= 1, metric
         for metric in ("test_accuracy", "test_loss", "model_size_float32_bytes", "model_size_packed_bytes",
                        "compression_ratio", "model_size_file_bytes", "model_size_tflite_bytes", "training_seconds"):
             assert metric in run.metrics
-        assert run.tags["tflite_converter"] in ("tflite", "larq-compute-engine")
+        assert run.tags["tflite_converter"] == ("tflite" if run is baseline else "larq-compute-engine")
+        assert run.metrics["deployed_agreement"] >= 0.999 and "deployed_warning" not in run.tags
     for run in (baseline, qat):  # 10 classes, 2 epochs on 200 images: far above chance
         assert run.metrics["test_accuracy"] > 0.3
     assert perturb.metrics["test_accuracy"] > 0.15  # trained under the target hardware's noise: slower to learn
@@ -55,10 +57,19 @@ def test_main_entry_point(tracking_store):
     assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png",
             "comparison/comparison.json", "comparison/robustness_overlay.png"} <= parent_artifacts
     assert parent.data.metrics["perturb_robust_acc_target"] == perturb.metrics["robust_acc_target"]
+    for stage, run in (("baseline", baseline), ("qat", qat), ("kbit", kbit)):  # the deployed models side by side
+        assert parent.data.metrics[f"{stage}_deployed_latency_ms"] == run.metrics["deployed_latency_ms"]
+    file_bytes = [run.metrics["model_size_tflite_bytes"] for run in (qat, kbit, baseline)]
+    assert file_bytes[0] < file_bytes[1] < file_bytes[2] / 4  # 1-bit < 2-bit < float32 / 4
     markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/comparison/comparison.md")
-    assert "target accuracy" in markdown and markdown.count("mlp-1bit") == 2
+    assert "target accuracy" in markdown and "ms/image" in markdown and markdown.count("mlp-1bit") == 2
     qat_artifacts = {a.path for a in client.list_artifacts(stages["qat"][0].info.run_id)}
-    assert {"plots", "larq_summary.txt", "robustness"} <= qat_artifacts
+    assert {"plots", "larq_summary.txt", "robustness", "deploy"} <= qat_artifacts
+    manifest = mlflow.artifacts.load_dict(f"runs:/{stages['perturb'][0].info.run_id}/deploy/hardware_manifest.json")
+    assert [layer["name"] for layer in manifest["layers"]] == ["dense_1", "dense_2", "dense_out"]
+    assert [bool(layer["effects"]["trained_with"]) for layer in manifest["layers"]] == [True, True, False]
+    deployed = {a.path for a in client.list_artifacts(stages["qat"][0].info.run_id, "deploy")}
+    assert deployed == {"deploy/model.tflite", "deploy/hardware_manifest.json"}
     robustness = {a.path for a in client.list_artifacts(stages["qat"][0].info.run_id, "robustness")}
     assert {"robustness/curves.png", "robustness/curves.csv", "robustness/chips.csv", "robustness/curves.json"} <= robustness
     curve = client.get_metric_history(stages["qat"][0].info.run_id, "robustness/noise/acc_mean")

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from pipeline.config import ModelConfig
 from pipeline.models import build_model, quantized_layers
-from pipeline.size import convert_to_tflite, model_size
+from pipeline.size import model_size
 
 
 def quantizer_name(quantizer) -> str | None:
@@ -67,16 +67,6 @@ def test_size_accounting_to_the_bit(bits, expected_bits):
     assert size.packed_bytes == -(-expected_bits // 8)
     assert size.float32_bytes == float_bits // 8
     assert size.compression_ratio == pytest.approx(float_bits / 8 / size.packed_bytes)
-
-
-def test_tflite_conversion_of_one_bit_model_uses_lce_and_runs():
-    model = build_model(ModelConfig(arch="cnn", bits=1))
-    result = convert_to_tflite(model, bits=1)
-    assert result.converter == "larq-compute-engine"
-    # LCE packs binary convolution kernels: the flatbuffer is far below the float32 size.
-    assert result.nbytes < model_size(model).float32_bytes / 2
-    float_result = convert_to_tflite(build_model(ModelConfig(arch="cnn", bits=32)), bits=32)
-    assert float_result.converter == "tflite" and float_result.nbytes > model_size(model).float32_bytes * 0.9
 
 
 def test_save_and_load_round_trip(tmp_path, tiny_data):

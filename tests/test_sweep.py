@@ -170,12 +170,16 @@ def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
         assert {"perturb.noise_sigma", "perturb.weight_dev_pct", "perturb.clip_fraction"} <= set(run.data.params)
         assert 0 <= run.data.metrics["robust_acc_target"] <= 1
         assert run.data.metrics["model_size_packed_bytes"] > 0
-    # Trials skip the TFLite conversion (same architecture in each); the best trial gets it at the end.
+    # Trials skip the conversion (same architecture in each); the best trial is converted and run at the end.
     best_run = parent.data.tags["best_trial_run_id"]
     for run in runs_of(tracking_store, "trial"):
         converted = run.info.run_id == best_run
         assert ("model_size_tflite_bytes" in run.data.metrics) == converted
         assert (run.data.tags["tflite_converter"] == "larq-compute-engine") == converted
+        deployed = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "deploy")}
+        assert ("deploy/model.tflite" in deployed) == converted and "deploy/hardware_manifest.json" in deployed
+        if converted:  # verified by running it, on the best trial's run
+            assert run.data.metrics["deployed_agreement"] >= 0.999 and run.data.metrics["deployed_latency_ms"] > 0
     study = optuna.load_study(study_name=parent.data.tags["optuna_study"], storage=params["storage"])
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {run.info.run_id for run in trials}
     assert parent.data.metrics["best_target_accuracy"] == pytest.approx(study.best_value)

@@ -37,8 +37,12 @@ def test_training_stage_logs_everything_and_model_reloads(tracking_store):
     assert run.info.status == "FINISHED" and run.info.run_name == "qat-mlp-1bit"
     assert run.data.tags["stage"] == "qat" and run.data.tags["mlflow.note.content"]
     for metric in ("test_accuracy", "test_loss", "model_size_float32_bytes", "model_size_packed_bytes",
-                   "compression_ratio", "model_size_file_bytes", "model_size_tflite_bytes", "training_seconds"):
+                   "compression_ratio", "model_size_file_bytes", "model_size_tflite_bytes", "training_seconds",
+                   "deployed_accuracy", "deployed_agreement", "deployed_latency_ms", "deployed_images_per_s"):
         assert metric in run.data.metrics, metric
+    assert run.data.metrics["deployed_agreement"] >= 0.999 and run.data.tags["tflite_converter"] == "larq-compute-engine"
+    deployed = {a.path: a.file_size for a in mlflow.MlflowClient().list_artifacts(row["run_id"], "deploy")}
+    assert deployed["deploy/model.tflite"] == run.data.metrics["model_size_tflite_bytes"]
     history = mlflow.MlflowClient().get_metric_history(row["run_id"], "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(row["run_id"], "plots")}
