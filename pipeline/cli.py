@@ -228,13 +228,13 @@ def run_main(args: argparse.Namespace) -> None:
 
 
 def compared_model_config(args: argparse.Namespace, quantized: ModelConfig) -> ModelConfig | None:
-    """The second quantized model of ``main`` (``--compare_bits``; 0 or the same bits: none)."""
+    """The second quantized model of ``main`` (``--compare_bits``; 0, none or the same as ``--bits``: no second model)."""
     if str(args.compare_bits).strip().lower() in ("0", "none"):
         return None
     try:
         config = model_config(args, args.compare_bits)
     except ConfigError as error:
-        raise ConfigError("compare_bits", f"{str(error).split(': ', 1)[1]}; 0 = no second quantized model") from None
+        raise ConfigError("compare_bits", f"{error.message}; 0 = no second quantized model") from None
     if config.is_float:
         raise ConfigError("compare_bits", "the float model is always compared: use 1..8, or 0 for none")
     return None if config.bits == quantized.bits else config
@@ -339,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("perturb", "main"):
             add_perturbation_arguments(command)
         if name == "main":
-            command.add_argument("--compare_bits", default="2", help="a second, k-bit QAT model in the comparison "
-                                 "(1..8, e.g. 2; 0 = none)")
+            command.add_argument("--compare_bits", default="2", help="a second quantized model in the comparison "
+                                 "(1..8, e.g. 2; 0, none or the same as --bits: no second model)")
         if name in ("baseline", "qat", "perturb"):
             command.add_argument("--data_uri", default="", help="prepared data of an earlier prepare run (artifact URI)")
         command.set_defaults(handler=handler)

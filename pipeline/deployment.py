@@ -28,7 +28,7 @@ import numpy as np
 import pipeline  # noqa: F401
 import tensorflow as tf
 
-from pipeline.export import LCE, Flatbuffer, convert
+from pipeline.export import LCE, ExportError, Flatbuffer, convert
 
 AGREEMENT_WARNING = 0.999  #: a lower agreement with the Keras model is a warning on the run
 LATENCY_RUNS = 100
@@ -45,6 +45,7 @@ def interpreter(flatbuffer: Flatbuffer, threads: int) -> Predict:
     if flatbuffer.converter == LCE:
         import larq_compute_engine as lce
 
+        # the wrapper's own one-batch call (``Interpreter.predict`` loops over single images)
         lite = lce.testing.Interpreter(flatbuffer.content, num_threads=threads).interpreter
         return lambda batch: lite.predict([batch])[0]
     lite = tf.lite.Interpreter(model_content=flatbuffer.content, num_threads=threads)
@@ -106,15 +107,20 @@ class Deployment:
 
 def deploy(model: tf.keras.Model, images: np.ndarray, labels: np.ndarray, threads: int | None = None) -> tuple[Deployment, Flatbuffer]:
     """Convert a plain model, run the batch-1 flatbuffer on ``images``, time it; returns the
-    measurements and the flatbuffer. Raises :class:`pipeline.export.ExportError` when it cannot convert."""
+    measurements and the flatbuffer. Raises :class:`pipeline.export.ExportError` when it cannot be
+    converted or its interpreter cannot run it."""
     threads = threads or os.cpu_count() or 1
     single, batched = convert(model, 1), convert(model, THROUGHPUT_BATCH)
-    run_single, run_batched = interpreter(single, threads), interpreter(batched, threads)
-    deployed = predict_all(run_single, 1, images).argmax(axis=1)
-    keras = model.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
     batch = np.resize(images, (THROUGHPUT_BATCH, *images.shape[1:]))
-    latency = median_seconds(lambda: run_single(images[:1]), LATENCY_RUNS, WARMUP_RUNS)
-    batch_seconds = median_seconds(lambda: run_batched(batch), THROUGHPUT_RUNS, WARMUP_RUNS // 2)
+    try:
+        run_single, run_batched = interpreter(single, threads), interpreter(batched, threads)
+        deployed = predict_all(run_single, 1, images).argmax(axis=1)
+        latency = median_seconds(lambda: run_single(images[:1]), LATENCY_RUNS, WARMUP_RUNS)
+        batch_seconds = median_seconds(lambda: run_batched(batch), THROUGHPUT_RUNS, WARMUP_RUNS // 2)
+    except Exception as error:  # converted, but the interpreter cannot run it (an op it lacks)
+        raise ExportError(f"the {single.converter} interpreter failed: {type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:300] if str(error) else ''}") from error
+    keras = model.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
     measured = Deployment(single.converter, single.nbytes, float(np.mean(deployed == labels)),
                           float(np.mean(deployed == keras)), 1000 * latency, THROUGHPUT_BATCH / batch_seconds, threads)
     return measured, single

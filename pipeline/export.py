@@ -9,9 +9,11 @@ value is a weighted sum of +-1 planes:
 * input  ``x_i  = a0 + sum_b 2^b t_ib / A`` (``t in {-1, +1}``, ``b < P``);
 * kernel ``w_iu = sum_c 2^c s_iuc / K``     (``s in {-1, +1}``, ``c < Q``);
 * so ``y_u = a0 sum_i w_iu + sum_b sum_c 2^(b+c) (t_b * s_c)_u / (A K)``, where every
-  ``(t_b * s_c)`` is one binary convolution (an integer count), the planes ``t_b`` of a layer
+  ``(t_b * s_c)`` is one binary convolution (an integer count), and the planes ``t_b`` of a layer
   share its kernel planes (concatenated on the batch axis of a convolution, on the width of a
-  dense layer's 1x1xN input), and the weighted sum is exact in float32 (integers below 2^24).
+  dense layer's 1x1xN input). The integer sum is exact in float32 while
+  ``N (2^P - 1)(2^Q - 1) < 2^24`` (N the fan-in: up to 6 bits for the default MLP, whose first
+  layer has P = 8); beyond, it rounds as float32 arithmetic does.
 
 ================================  ====  ============  ====================================
 quantized value                   P/Q   a0, A / K     planes
@@ -19,12 +21,13 @@ quantized value                   P/Q   a0, A / K     planes
 1-bit input or kernel (ste_sign)  1     0, 1          the sign itself (sign(0) = +1)
 k-bit DoReFa kernel               k     -, 2^k - 1    w = (2l - M)/M, bits of l, M = 2^k - 1
 k-bit DoReFa input                k     1/2, 2(2^k-1) a = j/M, bits of j = round(clip(x, 0, 1) M)
+                                                       (round half to even, as tf.round)
 first layer: 8-bit pixels         8     0, 255        x = p/127.5 - 1, bits of p (bit-serial)
 ================================  ====  ============  ====================================
 
 The first layer sees the real-valued image, but the image is 8-bit pixels: processed bit-serially
-(8 binary passes sharing the 1-bit kernel, weighted 2^b/255) it is exactly the layer Keras
-computes, with its kernel at 1 bit. A first *convolution* stays float32 (its kernel is a few
+(8 binary passes per kernel plane, weighted 2^b/255) it is exactly the layer Keras computes, with
+its kernel at its own bit width. A first *convolution* stays float32 (its kernel is a few
 hundred weights, and a binary convolution over one input channel is many times slower than the
 float one). Any other layer with a real-valued input also stays float. A 1-bit layer whose input is 1-bit needs no planes: it is one
 binary convolution, and LCE fuses the BatchNorm and sign that follow into per-unit thresholds.
@@ -45,7 +48,7 @@ import tensorflow as tf
 
 LCE, TFLITE = "larq-compute-engine", "tflite"  #: the converters (tag ``tflite_converter``)
 PIXEL_BITS = 8  #: the image's pixels p in 0..255, given to the model as x = p/127.5 - 1
-SHAPE_ONLY = (tf.keras.layers.Flatten, tf.keras.layers.Reshape, tf.keras.layers.InputLayer)
+SHAPE_ONLY = (tf.keras.layers.Flatten, tf.keras.layers.Reshape)
 
 
 class ExportError(ValueError):
@@ -59,12 +62,12 @@ class Planes:
     bits: int
     denominator: float
     offset: float = 0.0
-    scale: float = 1.0  #: the input code q = clip(floor(x * scale + shift), 0, 2^bits - 1)
-    shift: float = 0.5
+    scale: float = 1.0  #: the input code q = round(clip(x * scale + shift, 0, 2^bits - 1)), halves to even
+    shift: float = 0.0
 
 
 SIGN = Planes(bits=1, denominator=1.0)
-PIXELS = Planes(bits=PIXEL_BITS, denominator=255.0, scale=127.5, shift=128.0)
+PIXELS = Planes(bits=PIXEL_BITS, denominator=255.0, scale=127.5, shift=127.5)
 
 
 def dorefa_input(bits: int) -> Planes:
@@ -87,14 +90,14 @@ def input_planes(layer, reads_pixels: bool) -> Planes | None:
     bits = precision(layer.input_quantizer)
     if bits is None:  # real-valued: bit-serial pixels for a first dense layer; otherwise the layer stays float
         return PIXELS if reads_pixels and isinstance(layer, lq.layers.QuantDense) else None
-    return SIGN if bits == 1 else dorefa_input(bits)
+    return SIGN if isinstance(layer.input_quantizer, lq.quantizers.SteSign) else dorefa_input(bits)
 
 
 def kernel_planes(layer) -> tuple[list[np.ndarray], Planes]:
     """The +-1 kernel planes ``s_c`` (weights of 2^c) of a quantized layer and their :class:`Planes`."""
     bits = precision(layer.kernel_quantizer)
     quantized = layer.kernel_quantizer(tf.convert_to_tensor(layer.kernel)).numpy()
-    if bits == 1:
+    if isinstance(layer.kernel_quantizer, lq.quantizers.SteSign):
         return [np.where(quantized >= 0, 1.0, -1.0).astype(np.float32)], SIGN
     levels = 2**bits - 1
     codes = np.rint((quantized + 1.0) * levels / 2).astype(np.int64)  # l in 0..M: w = (2l - M)/M
@@ -103,16 +106,20 @@ def kernel_planes(layer) -> tuple[list[np.ndarray], Planes]:
 
 @tf.keras.utils.register_keras_serializable(package="hwlarq")
 class BitPlanes(tf.keras.layers.Layer):
-    """``x`` -> its ``bits`` planes ``t_b = 2 bit_b(q) - 1`` of the code ``q = clip(floor(x scale + shift), 0, 2^bits - 1)``,
-    concatenated on ``axis`` (the batch axis for a convolution, the width of a dense layer's 1x1xN
-    input: one binary product of P rows). ``floor`` only: exact under graph rewrites."""
+    """``x`` -> its ``bits`` planes ``t_b = 2 bit_b(q) - 1`` of the code ``q = round(clip(x scale + shift, 0, 2^bits - 1))``
+    (halves to even, as ``tf.round`` in Larq's DoReFa), concatenated on ``axis`` (the batch axis for
+    a convolution, the width of a dense layer's 1x1xN input: one binary product of P rows). Written
+    with ``floor`` only: exact under the converter's graph rewrites."""
 
     def __init__(self, bits: int, scale: float, shift: float, axis: int, **kwargs):
         super().__init__(**kwargs)
         self.bits, self.scale, self.shift, self.axis = int(bits), float(scale), float(shift), int(axis)
 
     def call(self, inputs):
-        code = tf.clip_by_value(tf.floor(inputs * self.scale + self.shift), 0.0, 2.0**self.bits - 1.0)
+        value = tf.clip_by_value(inputs * self.scale + self.shift, 0.0, 2.0**self.bits - 1.0)
+        code = tf.floor(value + 0.5)
+        tie = tf.cast(tf.equal(code - value, 0.5), tf.float32)  # a half: back to the even neighbour
+        code -= tie * (code - 2.0 * tf.floor(code * 0.5))
         shifted = [tf.floor(code * 2.0**-b) for b in range(self.bits + 1)]  # floor(q / 2^b)
         return tf.concat([2.0 * (shifted[b] - 2.0 * shifted[b + 1]) - 1.0 for b in range(self.bits)], axis=self.axis)
 
@@ -201,13 +208,13 @@ def bit_plane_model(model: tf.keras.Sequential, batch_size: int | None = 1) -> t
             if isinstance(layer, tf.keras.layers.BatchNormalization):
                 config["axis"] = -1  # the dense layers' outputs are 1x1xN now
             if isinstance(layer, tf.keras.layers.Activation) and is_1x1(x):
-                x = tf.keras.layers.Reshape((x.shape[-1],), name="from_1x1")(x)
+                x = tf.keras.layers.Reshape((x.shape[-1],), name=f"{layer.name}_from_1x1")(x)
             clone = type(layer).from_config(config)
             x = clone(x)
             clone.set_weights(layer.get_weights())
         reads_pixels = reads_pixels and isinstance(layer, SHAPE_ONLY)
     if is_1x1(x) and len(model.output_shape) == 2:
-        x = tf.keras.layers.Reshape((x.shape[-1],), name="from_1x1")(x)
+        x = tf.keras.layers.Reshape((x.shape[-1],), name="output_from_1x1")(x)
     return tf.keras.Model(inputs, x, name=f"{model.name}_bit_planes")
 
 

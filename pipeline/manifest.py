@@ -50,6 +50,7 @@ import tensorflow as tf
 
 from pipeline.chips import attach_hardware, calibrate
 from pipeline.effects.saturation import ClipMode, SaturationParams
+from pipeline import export
 from pipeline.export import PIXEL_BITS
 from pipeline.hardware import PerturbationConfig
 from pipeline.models import quantized_layers
@@ -146,7 +147,8 @@ def geometry(layer) -> dict[str, Any]:
 
 
 def precision(quantizer) -> int:
-    return 32 if quantizer is None else int(quantizer.precision)
+    """The bit width of a quantized tensor; 32 for a float one."""
+    return export.precision(quantizer) or 32
 
 
 def quantizer_levels(quantizer) -> list[float] | None:
@@ -220,7 +222,7 @@ def affine(bn: tf.keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndarr
 
 
 def activation(bn, relu: bool, following, integer_bound: int | None) -> dict[str, Any]:
-    """What the next layer receives; thresholds are integers in [-bound, bound + 1] given ``integer_bound``."""
+    """What the next layer receives; thresholds are integers in [-bound - 1, bound + 1] given ``integer_bound``."""
     if following is None:
         return {"kind": "logits", "rule": "class = argmax_u (scale_u*y_u + offset_u)"}
     quantizer = following.input_quantizer
@@ -264,9 +266,13 @@ def exact_thresholds(code: Callable[[np.ndarray], np.ndarray], count: int, units
     """(count x units): per unit the smallest value whose code reaches 1 .. count -- an integer in
     [-bound, bound + 1] (``bound`` given), else a float32 (bisection over the ordered float32 values)."""
     if bound is not None:  # keys: the integers themselves
-        (low, high), value = (np.full((count, units), key) for key in (-bound - 1, bound + 1)), lambda key: key.astype(np.float32)
+        low, high = np.full((count, units), -bound - 1), np.full((count, units), bound + 1)
+
+        def value(keys: np.ndarray) -> np.ndarray:
+            return keys.astype(np.float32)
     else:  # keys: float32 values in order
-        (low, high), value = (np.full((count, units), ordered(key)) for key in (np.float32(-np.inf), FLOAT32_MAX)), unordered
+        low, high = np.full((count, units), ordered(np.float32(-np.inf))), np.full((count, units), ordered(FLOAT32_MAX))
+        value = unordered
     wanted = np.arange(1, count + 1)[:, None]
     while (high - low > 1).any():
         middle = low + (high - low) // 2

@@ -14,7 +14,7 @@ class ConfigError(ValueError):
     """Bad input: names the parameter and says what is allowed."""
 
     def __init__(self, parameter: str, message: str):
-        self.parameter = parameter
+        self.parameter, self.message = parameter, message
         super().__init__(f"{parameter}: {message}")
 
 

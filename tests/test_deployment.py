@@ -82,14 +82,15 @@ def test_every_layer_of_the_one_bit_mlp_is_a_bitpacked_binary_convolution():
 def test_bit_planes_rebuild_every_pixel_and_every_k_bit_level_exactly():
     codes = np.arange(256)
     pixels = codes.astype(np.float32) / 127.5 - 1.0  # as pipeline.data scales them
-    planes = tf.function(export.BitPlanes(8, 127.5, 128.0, axis=0))(tf.constant(pixels[None])).numpy()  # in a graph, as converted
+    planes = tf.function(export.BitPlanes(8, 127.5, 127.5, axis=0))(tf.constant(pixels[None])).numpy()  # in a graph, as converted
     assert set(np.unique(planes)) == {-1.0, 1.0}
     np.testing.assert_array_equal(sum(2**b * (planes[b] + 1) / 2 for b in range(8)), codes)
-    levels = 3  # 2-bit DoReFa activations: round(clip(x, 0, 1) * 3) / 3
-    x = np.linspace(-0.5, 1.5, 401, dtype=np.float32)
-    planes = tf.function(export.BitPlanes(2, levels, 0.5, axis=0))(tf.constant(x[None])).numpy()
+    levels = 3  # 2-bit DoReFa activations: round(clip(x, 0, 1) * 3) / 3, halves to even (1/6 -> 0, 5/6 -> 2)
+    x = np.concatenate([np.linspace(-0.5, 1.5, 401), [1 / 6, 0.5, 5 / 6]]).astype(np.float32)
+    planes = tf.function(export.BitPlanes(2, levels, 0.0, axis=0))(tf.constant(x[None])).numpy()
     rebuilt = 0.5 + (planes[0] + 2.0 * planes[1]) / (2.0 * levels)
     np.testing.assert_allclose(rebuilt, lq.quantizers.DoReFa(k_bit=2, mode="activations")(x).numpy(), atol=1e-7)
+    assert rebuilt[-3] == 0.0 and rebuilt[-1] == pytest.approx(2 / 3)  # the ties, as tf.round takes them
 
 
 def test_a_model_that_cannot_be_converted_says_why_and_claims_no_size(tiny_data, tracking_store):
@@ -99,9 +100,12 @@ def test_a_model_that_cannot_be_converted_says_why_and_claims_no_size(tiny_data,
         export.convert(model)
     with mlflow.start_run() as run:
         metrics, tags = stages.deployment_step(run.info.run_id, "ternary", model, tiny_data)
+        stages.manifest_step(model, tiny_data, None, None, "ternary")
     logged = mlflow.MlflowClient().get_run(run.info.run_id).data
     assert metrics == {} and tags["tflite_converter"].startswith("failed: ") and "SteTern" in tags["tflite_converter"]
     assert logged.tags["tflite_converter"] == tags["tflite_converter"] and "model_size_tflite_bytes" not in logged.metrics
+    assert logged.tags["hardware_manifest"].startswith("failed: ")
+    assert not mlflow.MlflowClient().list_artifacts(run.info.run_id, "deploy")
 
 
 def test_a_disagreeing_deployment_is_a_warning():

@@ -23,15 +23,15 @@ def test_main_entry_point(tracking_store):
     assert "Comparison" in result.stdout and "mlp-1bit" in result.stdout
 
     stages = runs_by_stage(tracking_store)
-    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1, "kbit": 1, "perturb": 1}
+    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1, "compared": 1, "perturb": 1}
     parent = stages["main"][0]
     assert all(run.info.status == "FINISHED" for runs in stages.values() for run in runs)
-    for stage in ("prepare", "baseline", "qat", "kbit", "perturb"):
+    for stage in ("prepare", "baseline", "qat", "compared", "perturb"):
         assert stages[stage][0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.info.run_name == "main-mlp-1bit"
     assert parent.data.tags["data_source"] == "bundled"
 
-    baseline, qat, kbit, perturb = (stages[stage][0].data for stage in ("baseline", "qat", "kbit", "perturb"))
+    baseline, qat, kbit, perturb = (stages[stage][0].data for stage in ("baseline", "qat", "compared", "perturb"))
     assert kbit.tags["model"] == "mlp-2bit" and parent.data.params["main.compare_bits"] == "2"
     # The perturbation-aware model trains at the target hardware's levels by default.
     assert stages["perturb"][0].info.run_name == "perturb-mlp-1bit-d20-s0.30-c0.50"
@@ -57,7 +57,7 @@ def test_main_entry_point(tracking_store):
     assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png",
             "comparison/comparison.json", "comparison/robustness_overlay.png"} <= parent_artifacts
     assert parent.data.metrics["perturb_robust_acc_target"] == perturb.metrics["robust_acc_target"]
-    for stage, run in (("baseline", baseline), ("qat", qat), ("kbit", kbit)):  # the deployed models side by side
+    for stage, run in (("baseline", baseline), ("qat", qat), ("compared", kbit)):  # the deployed models side by side
         assert parent.data.metrics[f"{stage}_deployed_latency_ms"] == run.metrics["deployed_latency_ms"]
     file_bytes = [run.metrics["model_size_tflite_bytes"] for run in (qat, kbit, baseline)]
     assert file_bytes[0] < file_bytes[1] < file_bytes[2] / 4  # 1-bit < 2-bit < float32 / 4
