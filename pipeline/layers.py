@@ -269,13 +269,15 @@ class HardwareAwareMixin:
 
     def _chips_accumulate(self, quantized, kernels):
         """Each chip's part of the batch with that chip's kernel, stacked (one part when P = 1): dense
-        layers on flat inputs as one batched matmul (P x part x fan-in times P x fan-in x units)."""
+        layers on flat inputs as one batched matmul (P x part x fan-in times P x fan-in x units) --
+        for one chip too, so that a chip's numbers do not depend on P (a 2-D and a batched matmul
+        may sum in different orders on some CPUs)."""
         chips = self.chips_per_pass
-        if chips == 1:
-            return self._accumulate(quantized, kernels[0])
         if self.is_dense_on_flat(quantized):
             parts = tf.reshape(quantized, [chips, -1, quantized.shape[-1]])
             return self._bias_and_activation(tf.reshape(tf.matmul(parts, kernels), [-1, kernels.shape[-1]]))
+        if chips == 1:
+            return self._accumulate(quantized, kernels[0])
         parts = tf.split(quantized, chips, axis=0)
         return tf.concat([self._accumulate(part, kernels[index]) for index, part in enumerate(parts)], axis=0)
 
