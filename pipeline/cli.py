@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig, as_text
 from pipeline.effects import EFFECTS, PARAMETERS
 from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, load_target
-from pipeline.validation import ConfigError
+from pipeline.native_logs import make_verbose
+from pipeline.validation import ConfigError, require_bool
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -365,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--perturb_layers", default="",
                              help="the layers perturbed one at a time: hidden, dense, all or names [default: the target's layers]")
     sensitivity.set_defaults(handler=run_sensitivity)
+    for command in commands.choices.values():
+        command.add_argument("--verbose", default="0", help="1: also TensorFlow's and the converters' native log lines "
+                             "(hidden by default; the environment variable HWL_VERBOSE=1 does the same)")
     return parser
 
 
@@ -383,12 +387,13 @@ def raise_on_sigterm(signum, frame):  # noqa: ARG001
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     args, unknown = build_parser().parse_known_args(argv)
     try:
         reject_unknown(args, unknown)
+        if require_bool("verbose", args.verbose):
+            make_verbose()
         args.handler(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -69,6 +69,16 @@ def require_float(
     return number
 
 
+def require_bool(parameter: str, value: Any) -> bool:
+    """``1/0``, ``true/false``, ``yes/no`` (any case) as a bool."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no", ""):
+        return False
+    raise ConfigError(parameter, f"must be 1 or 0 (true or false); got {value!r}")
+
+
 def optional_float(parameter: str, value: Any, low: float | None = None, high: float | None = None) -> float | None:
     """None for "not given" (None, empty text or ``none``), else :func:`require_float`."""
     if value is None or str(value).strip().lower() in ("", "none"):

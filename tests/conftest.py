@@ -60,7 +60,7 @@ def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600) -> subproc
     """``python -m pipeline.cli ARGS`` in a subprocess with the current environment."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=timeout, env=dict(os.environ),
     )
 
 

@@ -21,6 +21,7 @@ from pipeline.hardware import PerturbationConfig
         (["main", "--compare_bits", "32"], "compare_bits"),  # the float model is always compared
         (["main", "--compare_bits", "two"], "compare_bits"),
         (["qat", "--compare_bits", "2"], "compare_bits"),  # main only
+        (["qat", "--verbose", "loud"], "verbose"),
         (["qat", "--bits", "0"], "bits"),
         (["baseline", "--epochs", "0"], "epochs"),
         (["baseline", "--epochs", "two"], "epochs"),
@@ -119,3 +120,20 @@ def test_the_accuracy_spec_comes_from_the_target_file_unless_given(tmp_path):
     target.write_text("weight_dev_pct: 10\naccuracy_spec: 90\n")  # a percentage where a fraction is meant
     with pytest.raises(ConfigError, match="target: accuracy_spec: must be in \\[0.0, 1.0\\]; got 90"):
         spec("--target", str(target))
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tensorflow_native_log_lines_stay_out_of_the_terminal_unless_verbose(verbose):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HWL_VERBOSE": "1" if verbose else "0"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    code = ("import pipeline, sys; import tensorflow as tf; print('loaded', file=sys.stderr); "
+            "print(int(sum(tf.data.Dataset.range(4).map(lambda x: 2 * x, num_parallel_calls=2))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "12", result.stderr
+    native = [line for line in result.stderr.splitlines() if line[:1] in "IWE" and line[1:5].isdigit()]
+    assert "loaded" in result.stderr
+    assert bool(native) == verbose, result.stderr  # oneDNN / CUDA notices at import: there, and only when asked for

@@ -21,6 +21,8 @@ def test_main_entry_point(tracking_store):
     result = run_mlflow_project("main", TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Comparison" in result.stdout and "mlp-1bit" in result.stdout
+    native = [line for line in (result.stdout + result.stderr).splitlines() if line[:1] in "IWE" and line[1:5].isdigit()]
+    assert not native, native[:3]  # a quiet terminal: no TensorFlow / converter C++ log lines
 
     stages = runs_by_stage(tracking_store)
     assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1, "compared": 1, "perturb": 1}
