@@ -54,7 +54,7 @@ def postgres() -> Iterator[str]:
     try:
         subprocess.run([*run_as, postgres_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
                        check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"  # the URL a user types first: psycopg 3
     finally:
         subprocess.run([*run_as, postgres_binary("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
         shutil.rmtree(directory, ignore_errors=True)

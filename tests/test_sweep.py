@@ -355,8 +355,7 @@ def test_two_workers_share_one_study_on_postgresql(tmp_path, monkeypatch):
     from services import mlflow_server, postgres
 
     with postgres() as storage, mlflow_server(tmp_path / "mlflow") as tracking_uri:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_NAME": "workers",
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_NAME": "workers"}
         env.pop("MLFLOW_EXPERIMENT_ID", None)
         mlflow.MlflowClient(tracking_uri).create_experiment("workers")
         workers = [subprocess.Popen(sweep_command(storage, "shared", "--n_trials", "4", "--compare", "false", "--seed", str(seed)),
