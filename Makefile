@@ -1,14 +1,15 @@
 # Quick start (a fresh machine with Python 3.11):
 #   make main   -> creates .venv, installs the project, runs `mlflow run . -e main --env-manager local`
 #   make test   -> creates .venv, installs the project with test extras, runs the whole test suite
-#   make ui     -> opens the MLflow UI on the local store (http://127.0.0.1:5000)
+#   make ui     -> serves the MLflow UI on the local store and prints the link to our runs
+#   make screenshots -> the documentation's UI screenshots, from the newest `main` of the local store
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 RUN_IN_VENV := PATH="$(BIN):$$PATH"
 EXPERIMENT ?= hardware-aware-larq
 
-.PHONY: install main test test-fast ui
+.PHONY: install main test test-fast ui screenshots
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,4 +29,8 @@ test-fast: install
 	$(RUN_IN_VENV) python -m pytest -m "not slow"
 
 ui: install
+	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m pipeline.ui http://127.0.0.1:5000 $(EXPERIMENT)
 	$(RUN_IN_VENV) mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+screenshots: install
+	$(RUN_IN_VENV) python tests/screenshots.py sqlite:///mlflow.db $(EXPERIMENT) docs

@@ -2,23 +2,19 @@
 
 Populates a temporary store with a tiny `main` and a tiny `sweep`, serves it with `mlflow server`
 on a free localhost port, and checks that the runs, their nesting, the robustness charts and the
-PNG artifacts show. Screenshots go to the test's directory; with HWL_UPDATE_SCREENSHOTS=1 they
-also replace the ones in docs/ that the README shows.
+PNG artifacts show, and that the command that makes the documentation's screenshots
+(`tests/screenshots.py`, `make screenshots`) works on it.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, short_grids
+from conftest import all_runs, as_flags, run_cli, short_grids
+from pipeline.ui import runs_page
+from screenshots import CHROMIUM, CHROMIUM_ARGS, close_assistant, take_screenshots
 from services import mlflow_server
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--target_chips", "10", "--source", "bundled",
         *as_flags(short_grids(4))]
 
@@ -41,8 +37,11 @@ def test_runs_read_well_in_the_mlflow_ui(tracking_store, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
 
-        # The experiment's runs: readable names, the sweep's trials nested under its parent.
-        page.goto(f"{url}/#/experiments/{experiment}/runs")
+        # The link `make ui` prints: the experiment's runs in the model-training view (not MLflow 3's GenAI
+        # overview); readable names, the sweep's trials nested under its parent.
+        link = runs_page(url, "test-experiment")
+        assert link == f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+        page.goto(link)
         page.get_by_text("main-mlp-1bit").first.wait_for(timeout=60_000)
         close_assistant(page)
         assert not page.get_by_text("trial-000").is_visible()  # children are folded under their parent
@@ -86,16 +85,10 @@ def test_runs_read_well_in_the_mlflow_ui(tracking_store, tmp_path):
 
     for name in ("runs.png", "robustness_charts.png", "robustness_artifact.png", "compare_trials.png"):
         assert (shots / name).stat().st_size > 20_000, name  # a real page, not a blank one
-    if os.environ.get("HWL_UPDATE_SCREENSHOTS") == "1":
-        for name in ("runs.png", "robustness_charts.png", "compare_trials.png"):
-            shutil.copy(shots / name, PROJECT_ROOT / "docs" / f"ui_{name}")
-
-
-def close_assistant(page) -> None:
-    """MLflow 3's assistant side panel, if shown, hides half the page: close it."""
-    close = page.get_by_role("button", name="Close")
-    if close.count() and close.first.is_visible():
-        close.first.click()
+    written = take_screenshots(tracking_store, "test-experiment", tmp_path / "docs")  # the documentation's command
+    assert [path.name for path in written] == ["ui_runs.png", "ui_robustness_charts.png", "ui_comparison.png",
+                                              "ui_compare_trials.png"]
+    assert all(path.stat().st_size > 20_000 for path in written)
 
 
 def test_every_stage_run_describes_itself(tracking_store):
