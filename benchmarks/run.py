@@ -3,7 +3,9 @@
     python -m benchmarks.run            # full run (about 13 minutes on 2 cores)
     python -m benchmarks.run --quick    # tiny sizes: a smoke run (the test suite runs it)
 
-Writes ``benchmarks/results/results.json`` and ``results.md`` (or ``--output DIR``). Ratios are
+Writes ``benchmarks/results/results.json`` and ``results.md`` (or ``--output DIR``), and the
+documentation page ``docs/performance.md`` (``--page``; a full run into the default directory
+writes it; ``--render`` writes the pages again from the existing results.json). Ratios are
 measured in one process after warm-up, medians over repeats; absolute times are context only.
 """
 
@@ -516,10 +518,54 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
+PERFORMANCE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
+PAGE_INTRO = """# Performance
+
+<!-- Written by `python -m benchmarks.run` from benchmarks/results/results.json; edit PAGE_INTRO in benchmarks/run.py. -->
+
+`python -m benchmarks.run` (about 30 minutes on 2 cores; `--quick` for a smoke run, which the test
+suite runs; `--only target_yield,pruning_signal` measures the sections named again and keeps the
+others) measures, in one process after warm-up, medians over repeats, what the hardware model costs
+against the plain Larq model. Every effect of the registry is measured at once and each alone, at
+the middle level of its default curve.
+
+* **Training overhead**: the compiled Keras train function on one batch, 40 interleaved rounds of
+  10 steps per variant, so drift hits all variants alike. The **RNG floor** is the plain step plus
+  the time to make, in one compiled function, the random draws the configuration needs per step:
+  what no implementation of the effects can go below. Process variation of dense layers is drawn
+  at their outputs (local reparameterization) and together with the output noise as one Gaussian;
+  bit errors are drawn sparsely; effects that are off cost nothing.
+* **Robustness evaluation**: images per second of the hardware-aware model against the clean
+  `model.evaluate`, programming the chips included; one trace for every condition.
+* **Target yield**: the 1,000 target chips of the yield, against this machine's floor (the chips'
+  matmuls at its best rate, plus their random numbers), measured in the same run.
+* **Sweep**: the cost of a trial outside training and clean evaluation, the pruning signal's cost
+  per epoch, and resident memory across trials.
+* **Chips side by side**: a whole evaluation with the chips of a level in one pass against one
+  chip per pass, and whether the two give the same table (they must: bit for bit).
+
+"""
+
+
+def performance_page(results: dict) -> str:
+    """The documentation page: what is measured and how (:data:`PAGE_INTRO`), then the results' tables."""
+    return PAGE_INTRO + "## Results\n\n" + markdown(results)
+
+
+def write_reports(results: dict, output: Path, page: Path | None) -> None:
+    (output / "results.md").write_text(markdown(results))
+    if page is not None:
+        page.write_text(performance_page(results))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    parser.add_argument("--page", default="", help="the documentation page to write (default: docs/performance.md "
+                                                   "for a full run into the default output directory)")
+    parser.add_argument("--render", action="store_true", help="write results.md and the page again from results.json")
     parser.add_argument("--only", default="", help="comma-separated sections to measure again; the others are kept "
                                                    "from the existing results.json")
     parser.add_argument("--evaluation-peak", nargs=4, metavar=("ARCH", "LAYERS", "CHIPS", "CHIPS_PER_PASS"),
@@ -531,6 +577,10 @@ def main(argv=None) -> int:
         return 0
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    page = Path(args.page) if args.page else (PERFORMANCE_PAGE if output == DEFAULT_OUTPUT and not args.quick else None)
+    if args.render:
+        write_reports(json.loads((output / "results.json").read_text()), output, page)
+        return 0
     data = prepare(DataConfig(source="bundled", limit=300 if args.quick else 0))
     fashion = None
     if not args.quick and Path("/usr/share/datasets/fashion-mnist").is_dir():
@@ -561,7 +611,7 @@ def main(argv=None) -> int:
         print(f"[benchmark] {name} ...", flush=True)
         results[name] = step()
     (output / "results.json").write_text(json.dumps(results, indent=2))
-    (output / "results.md").write_text(markdown(results))
+    write_reports(results, output, page)
     print(markdown(results))
     return 0
 

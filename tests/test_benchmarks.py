@@ -12,10 +12,13 @@ from pipeline.effects import EFFECTS
 
 @pytest.mark.slow
 def test_benchmark_quick_run_writes_its_report(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--output", str(tmp_path)],
+    page = tmp_path / "performance.md"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--output", str(tmp_path), "--page", str(page)],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
+    report = (tmp_path / "results.md").read_text()
+    assert page.read_text().startswith("# Performance") and page.read_text().endswith(report)  # the page: generated
     assert {row["model"] for row in results["training_overhead"]} == {"mlp-1bit", "cnn-1bit"}
     assert all(row["ratio"] > 0 and row["rng_floor_ratio"] >= 1 for row in results["training_overhead"])
     # the 784-512-512 MLP, hidden layers: noise and deviation (drawn at the outputs) as one Gaussian,
