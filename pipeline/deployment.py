@@ -29,6 +29,7 @@ import pipeline  # noqa: F401
 import tensorflow as tf
 
 from pipeline.export import LCE, ExportError, Flatbuffer, convert
+from pipeline.native_logs import native_noise_filtered
 
 AGREEMENT_WARNING = 0.999  #: a lower agreement with the Keras model is a warning on the run
 LATENCY_RUNS = 100
@@ -48,8 +49,9 @@ def interpreter(flatbuffer: Flatbuffer, threads: int) -> Predict:
         # the wrapper's own one-batch call (``Interpreter.predict`` loops over single images)
         lite = lce.testing.Interpreter(flatbuffer.content, num_threads=threads).interpreter
         return lambda batch: lite.predict([batch])[0]
-    lite = tf.lite.Interpreter(model_content=flatbuffer.content, num_threads=threads)
-    lite.allocate_tensors()
+    with native_noise_filtered():  # TFLite's "INFO: Created TensorFlow Lite XNNPACK delegate" line
+        lite = tf.lite.Interpreter(model_content=flatbuffer.content, num_threads=threads)
+        lite.allocate_tensors()
     source, result = lite.get_input_details()[0]["index"], lite.get_output_details()[0]["index"]
 
     def predict(batch: np.ndarray) -> np.ndarray:
