@@ -55,7 +55,7 @@ def check_reachable(timeout_s: int = 10) -> None:
         raise ConfigError(
             "MLFLOW_TRACKING_URI",
             f"cannot reach the tracking store {uri} ({str(error).splitlines()[0][:300]}); start the server "
-            "(see README, team mode) or unset MLFLOW_TRACKING_URI to use the local mlflow.db",
+            "(see docs/mlflow-ui.md, team mode) or unset MLFLOW_TRACKING_URI to use the local mlflow.db",
         ) from None
     finally:
         for key, value in saved.items():

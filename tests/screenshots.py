@@ -1,4 +1,4 @@
-"""The README's screenshots of the MLflow UI, from the runs of a real store (`make screenshots`).
+"""The documentation's screenshots of the MLflow UI, from the runs of a real store (`make screenshots`).
 
     python tests/screenshots.py sqlite:///mlflow.db hardware-aware-larq docs
 

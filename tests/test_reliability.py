@@ -1,4 +1,4 @@
-"""Faults and bad input: every row of the README's reliability table is a test here (or named there)."""
+"""Faults and bad input: every row of the reliability table (docs/reliability.md) is a test here (or named there)."""
 
 import os
 import signal

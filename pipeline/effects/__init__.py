@@ -2,7 +2,7 @@
 
 Every module of this package (but ``base``) that defines an :class:`~pipeline.effects.base.Effect`
 subclass adds that effect to :data:`EFFECTS` -- adding a non-ideality is adding one module (see
-``bit_errors.py`` and the README's "Adding an effect"). The order of :data:`EFFECTS` is the order
+``bit_errors.py`` and "Adding an effect" in docs/hardware-model.md). The order of :data:`EFFECTS` is the order
 a layer applies them: kernel effects by ``order``, the accumulation, then output effects by ``order``.
 Everything else -- the configuration, the command line, the robustness curves, plots, summaries,
 the comparison columns, the sweep's space -- is derived from this registry.
@@ -64,7 +64,7 @@ def plain(value) -> str:
 
 
 def markdown_table() -> str:
-    """The README's hardware-model table, generated from the registry (a test keeps them equal)."""
+    """The hardware-model table of docs/hardware-model.md, generated from the registry (a test keeps them equal)."""
     lines = ["| effect (`<name>_grid`, `robust_auc_<name>`) | parameters (default) | acts on | sampled | formula | curve axis |",
              "|---|---|---|---|---|---|"]
     for effect in EFFECTS:

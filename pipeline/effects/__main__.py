@@ -1,5 +1,5 @@
 """``python -m pipeline.effects``: print the hardware-model table generated from the registry;
-``--readme README.md`` writes it between the README's ``effects-table`` markers."""
+``--page docs/hardware-model.md`` writes it between the page's ``effects-table`` markers."""
 
 import argparse
 import re
@@ -12,13 +12,13 @@ START, END = "<!-- effects-table:start -->", "<!-- effects-table:end -->"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", help="a markdown file whose table between the markers is replaced")
+    parser.add_argument("--page", help="a markdown file whose table between the markers is replaced")
     args = parser.parse_args()
     table = markdown_table()
-    if not args.readme:
+    if not args.page:
         print(table, end="")
         return
-    path = Path(args.readme)
+    path = Path(args.page)
     text = path.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"{path}: no {START} ... {END} markers")
