@@ -29,6 +29,7 @@ import tensorflow as tf
 from pipeline.cli import SWEEP_TARGET_CHIPS
 from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig
 from pipeline.data import prepare
+from pipeline.deployment import median_seconds
 from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Stage
 from pipeline.effects.base import standard_normal
 from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, curve_point, load_target, typical_hardware
@@ -75,16 +76,6 @@ def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -
             run()
             times[name].append((time.perf_counter() - started) / steps_per_round)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def median_call_seconds(call, repeats: int) -> float:
-    """Median wall time of ``call()`` over ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def draws_at_outputs(effect: Effect, layer, active_kernel_effects: list[Effect]) -> bool:
@@ -139,8 +130,8 @@ def draw_seconds(draws: list[tuple[str, Effect, tuple[int, ...], bool, dict]], r
     seed = tf.constant([1, 2], tf.int64)
     empty = tf.function(lambda seed: tf.reduce_sum(tf.cast(seed, tf.float32)))  # the call overhead alone
     float(draw(seed)), float(empty(seed))  # traces
-    drawing = median_call_seconds(lambda: float(draw(seed)), rounds)
-    return max(drawing - median_call_seconds(lambda: float(empty(seed)), rounds), 0.0)
+    drawing = median_seconds(lambda: float(draw(seed)), rounds)
+    return max(drawing - median_seconds(lambda: float(empty(seed)), rounds), 0.0)
 
 
 def training_overhead(data, quick: bool) -> list[dict]:
@@ -181,7 +172,7 @@ def robustness_throughput(data, quick: bool) -> dict:
     images, labels = data.images("test"), data.labels("test")
     repeats = 3 if quick else 10
     model.evaluate(images, labels, batch_size=1024, verbose=0)  # warm-up
-    clean_seconds = median_call_seconds(lambda: model.evaluate(images, labels, batch_size=1024, verbose=0), repeats)
+    clean_seconds = median_seconds(lambda: model.evaluate(images, labels, batch_size=1024, verbose=0), repeats)
     levels = [ALL_EFFECTS.replace(**{effect.curve.parameter: effect.curve.grid[1 + (index + k) % (len(effect.curve.grid) - 1)]
                                      for k, effect in enumerate(EFFECTS)}) for index in range(repeats * 3)]
     result = {"images": len(labels), "clean_evaluate_images_per_s": len(labels) / clean_seconds}
@@ -203,7 +194,7 @@ def robustness_throughput(data, quick: bool) -> dict:
                 programming.append(programmed - started)
             if chips == 1:  # where a pass's time goes: fixed cost + cost per image (same programmed chip)
                 sizes = [len(labels) // 4, len(labels) // 2, len(labels)]
-                medians = [median_call_seconds(lambda: accuracy.per_chip(images[:size], labels[:size]), repeats * 2) for size in sizes]
+                medians = [median_seconds(lambda: accuracy.per_chip(images[:size], labels[:size]), repeats * 2) for size in sizes]
                 per_image, fixed = np.polyfit(sizes, medians, 1)
                 result.update({"fixed_call_ms": 1000 * max(fixed, 0.0), "ms_per_1k_images": 1e6 * per_image})
         pass_seconds = statistics.median(perturbed)
@@ -255,7 +246,7 @@ def matmul_flops_per_second(kernel_shape, quick: bool) -> float:
     inputs, kernel = tf.random.normal([rows, kernel_shape[0]]), tf.random.normal(list(kernel_shape))
     product = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
     float(product(inputs, kernel))
-    seconds = median_call_seconds(lambda: float(product(inputs, kernel)), 3 if quick else 10)
+    seconds = median_seconds(lambda: float(product(inputs, kernel)), 3 if quick else 10)
     return 2 * rows * kernel_shape[0] * kernel_shape[1] / seconds
 
 
@@ -279,7 +270,7 @@ def chip_draw_seconds(hardware, target: PerturbationConfig, images: int, quick: 
 
     seed = tf.constant([1, 2], tf.int64)
     float(draw_all(seed))
-    return median_call_seconds(lambda: float(draw_all(seed)), 5 if quick else 20)
+    return median_seconds(lambda: float(draw_all(seed)), 5 if quick else 20)
 
 
 def pruning_signal_cost(data, quick: bool) -> dict:

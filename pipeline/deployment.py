@@ -71,7 +71,8 @@ def predict_all(predict: Predict, batch_size: int, images: np.ndarray) -> np.nda
     return np.concatenate(outputs)
 
 
-def median_seconds(call: Callable[[], object], runs: int, warmup: int) -> float:
+def median_seconds(call: Callable[[], object], runs: int, warmup: int = 0) -> float:
+    """Median wall time of ``call()`` over ``runs`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         call()
     times = []
