@@ -12,7 +12,6 @@ measured in one process after warm-up, medians over repeats; absolute times are 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -122,7 +121,7 @@ def draw_seconds(draws: list[tuple[str, Effect, tuple[int, ...], bool, dict]], r
                 total += tf.reduce_sum(standard_normal(shape, seed))
             elif not at_outputs:
                 drawn = effect.training_draw(shape, seed, levels)
-                parts = [getattr(drawn, item.name) for item in dataclasses.fields(drawn)] if dataclasses.is_dataclass(drawn) else [drawn]
+                parts = drawn if isinstance(drawn, tuple) else [drawn]
                 total += sum(tf.reduce_sum(tf.cast(part, tf.float32)) for part in parts)
         return total
 

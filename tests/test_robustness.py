@@ -7,7 +7,7 @@ from scipy import stats
 
 from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig
 from pipeline.data import prepare
-from pipeline.effects import EFFECTS, Sampling, effect_named
+from pipeline.effects import EFFECTS, Sampling
 from pipeline.hardware import PerturbationConfig, curve_point
 from pipeline.chips import attach_hardware
 from pipeline.models import build_model
@@ -30,7 +30,7 @@ SMALL = RobustnessConfig(grids=GRIDS, chips=3, target_chips=4, accuracy_spec=0.5
 
 
 def is_on(name: str, level: float) -> bool:
-    effect = effect_named(name)
+    effect = next(effect for effect in EFFECTS if effect.name == name)
     return curve_point(effect, level).params(effect).active
 
 

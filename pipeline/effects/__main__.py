@@ -1,5 +1,4 @@
-"""``python -m pipeline.effects``: print the hardware-model table generated from the registry;
-``--page docs/hardware-model.md`` writes it between the page's ``effects-table`` markers."""
+"""``python -m pipeline.effects [--page FILE]``: the registry's table, printed or written between FILE's markers."""
 
 import argparse
 import re
@@ -7,23 +6,13 @@ from pathlib import Path
 
 from pipeline.effects import markdown_table
 
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("--page", help="a markdown file whose table between the effects-table markers is replaced")
+page, table = parser.parse_args().page, markdown_table()
 START, END = "<!-- effects-table:start -->", "<!-- effects-table:end -->"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--page", help="a markdown file whose table between the markers is replaced")
-    args = parser.parse_args()
-    table = markdown_table()
-    if not args.page:
-        print(table, end="")
-        return
-    path = Path(args.page)
-    text = path.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{path}: no {START} ... {END} markers")
-    path.write_text(re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: f"{START}\n{table}{END}", text, flags=re.S))
-
-
-if __name__ == "__main__":
-    main()
+if page and (START not in (text := Path(page).read_text()) or END not in text):
+    raise SystemExit(f"{page}: no {START} ... {END} markers")
+if page:
+    Path(page).write_text(re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: f"{START}\n{table}{END}", text, flags=re.S))
+else:
+    print(table, end="")

@@ -1,17 +1,12 @@
-"""Output noise: read / thermal noise added to the accumulator output, fresh on every read.
+"""Output noise: read / thermal noise on the accumulator output, fresh on every read.
 
-``y <- y + sigma * s * n`` with ``n ~ N(0, 1)`` fresh on every forward pass and element.
+``y <- y + sigma * s * n``, ``n ~ N(0, 1)`` per element. ``relative`` mode (default): ``s`` is the
+RMS of the example's output over the layer's units, ``sqrt(mean(y^2))``, gradient-stopped, so
+``sigma`` is a noise-to-signal ratio; ``absolute``: ``s = 1``, ``sigma`` in accumulator units (a
+1-bit dense layer of fan-in N accumulates integers in [-N, N]).
 
-* ``relative`` mode (default): ``s`` is the RMS of this example's output over the layer's units,
-  ``s = sqrt(mean(y^2))``, gradient-stopped -- ``sigma`` is a noise-to-signal ratio that means the
-  same on every layer and model;
-* ``absolute`` mode: ``s = 1``, so ``sigma`` is in accumulator units (for a 1-bit dense layer of
-  fan-in N the accumulator is an integer in [-N, N]).
-
-Sampling: per pass. At evaluation the draw is seeded by (chip, layer, pass): reproducible, and
-different on every read; in training a fresh draw every step (noise-aware training), drawn as
-one Gaussian with the process variation's output term when that is drawn at the outputs too
-(:meth:`Noise.gaussian_variance`).
+Sampling: per pass, seeded by (chip, layer, pass) at evaluation; a fresh draw every training step,
+drawn as one Gaussian with a process variation drawn at the outputs (:meth:`Noise.gaussian_variance`).
 """
 
 from __future__ import annotations
@@ -40,21 +35,14 @@ class NoiseParams(EffectParams):
         self._set("noise_sigma", require_float("noise_sigma", self.noise_sigma, 0.0, None))
         self._set("noise_mode", parse_enum(NoiseMode, "noise_mode", self.noise_mode))
 
-    @property
-    def active(self) -> bool:
-        return self.noise_sigma > 0
+    active = property(lambda self: self.noise_sigma > 0)
 
     def label(self) -> str:
         return f"s{self.noise_sigma:.2f}" + ("abs" if self.noise_mode is NoiseMode.ABSOLUTE else "")
 
 
 class Noise(Effect):
-    name = "noise"
-    params = NoiseParams
-    stage = Stage.OUTPUT
-    order = 0
-    sampling = Sampling.PER_PASS
-    stream = 1
+    name, params, stage, order, sampling, stream = "noise", NoiseParams, Stage.OUTPUT, 0, Sampling.PER_PASS, 1
     formula = ("y ← y + σ·s·n, n ~ N(0, 1); relative: s = RMS of the example's clean output (σ a ratio), "
                "absolute: s = 1 (σ in accumulator units)")
     curve = Curve("noise_sigma", (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), "output noise sigma (x RMS of clean output)")
@@ -63,23 +51,16 @@ class Noise(Effect):
     def run_levels(self, params: NoiseParams) -> dict[str, float]:
         return {"sigma": params.noise_sigma, "relative": float(params.noise_mode is NoiseMode.RELATIVE)}
 
-    def is_on(self, levels):
-        return levels["sigma"] > 0
-
     def apply_output(self, outputs, levels, context):
-        noise = context.normal(self)
-        relative = levels["relative"] > 0.5
+        noise, relative = context.normal(self), levels["relative"] > 0.5
         if relative is False:
             return outputs + levels["sigma"] * noise
-        axes = list(range(1, outputs.shape.rank))
-        rms = tf.sqrt(tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=axes, keepdims=True))
+        rms = tf.sqrt(tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=list(range(1, outputs.shape.rank)), keepdims=True))
         return outputs + levels["sigma"] * select(relative, rms, tf.ones_like(rms)) * noise
 
     def gaussian_variance(self, outputs, variance, levels):
-        """Training: ``(sigma * s)^2``, drawn with the other pending Gaussian terms as one. With a
-        term pending (process variation drawn at the outputs), ``s^2`` is the mean square the
-        output has in expectation over it, ``mean(y^2 + variance)``: the RMS of the varied output
-        up to its fluctuation over the units."""
+        """``(sigma * s)^2``; with a pending ``variance`` (process variation at the outputs), ``s^2`` is the
+        output's mean square in expectation over it, ``mean(y^2 + variance)``."""
         if levels["relative"] <= 0.5:
             return levels["sigma"] ** 2
         axes = list(range(1, outputs.shape.rank))
