@@ -7,8 +7,8 @@ mentions attribute use_unbounded_threadpool`` lines that every ``tf.data`` pipel
 TensorFlow build prints are not errors of ours). So the first ``import tensorflow`` runs with the
 process's stderr (file descriptor 2) captured, and the captured text is written back without the
 known noise: native INFO / WARNING lines and absl's notice about them. Python's own warnings and
-errors, and any other line, pass -- but for one notice of tf_keras's logger that every model
-reload prints (:data:`PYTHON_NOISE`). ``HWL_VERBOSE=1`` (or ``--verbose`` on the command line) keeps
+errors, and any other line, pass -- but for two notices of TensorFlow's Python logger
+(:data:`PYTHON_NOISE`). ``HWL_VERBOSE=1`` (or ``--verbose`` on the command line) keeps
 everything, for debugging.
 """
 
@@ -94,7 +94,9 @@ class FilteredLoader(importlib.abc.Loader):
 
 
 QUIET_LEVEL = "3"  #: ``TF_CPP_MIN_LOG_LEVEL`` of a quiet terminal
-PYTHON_NOISE = ("the compiled metrics have yet to be built",)  #: tf_keras, on every model it reloads to convert or log
+#: tf_keras, on every model it reloads to convert or log; TensorFlow, when five functions made from one
+#: piece of code (every model's predict function, every calibration probe) have each been traced once
+PYTHON_NOISE = ("the compiled metrics have yet to be built", "triggered tf.function retracing")
 
 
 def without_python_noise(record: logging.LogRecord) -> bool:
