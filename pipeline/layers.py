@@ -82,9 +82,11 @@ COMPILED_DRAWS: dict[str, tf.types.experimental.GenericFunction] = {}
 
 def compiled_draws(effect: Effect):
     """``effect.draw`` for every chip of a pass (one seed each, stacked), compiled once for all kernel shapes."""
-    return COMPILED_DRAWS.setdefault(effect.name, tf.function(
-        lambda shape, seeds: tf.map_fn(lambda seed: effect.draw(shape, seed), seeds, fn_output_signature=tf.float32),
-        autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 2], tf.int64)]))
+    if effect.name not in COMPILED_DRAWS:
+        COMPILED_DRAWS[effect.name] = tf.function(
+            lambda shape, seeds: tf.map_fn(lambda seed: effect.draw(shape, seed), seeds, fn_output_signature=tf.float32),
+            autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 2], tf.int64)])
+    return COMPILED_DRAWS[effect.name]
 
 
 class HardwareAwareMixin:
@@ -124,13 +126,13 @@ class HardwareAwareMixin:
         else:
             levels, seeds = state.levels, [state.chips[index] for index in range(self.chips_per_pass)]
         normal = lambda like, effect: self._normal(like, [state.seed(base, effect, calls) for base in seeds])  # noqa: E731
-        drawn = lambda values, pending: values + tf.sqrt(pending[0]) * normal(values, pending[1]) if pending else values  # noqa: E731
         quantized = self.input_quantizer(inputs) if self.input_quantizer else inputs
         if training:  # pending: zero-mean Gaussian output terms not drawn yet, (summed variance, whose stream)
             outputs, pending = self._training_accumulate(quantized, levels, calls)
         else:  # the programmed chips when a kernel effect is on, else the plain kernel
-            outputs, pending = tf.cond(state.programmed, lambda: self._chips_accumulate(quantized),
-                                       lambda: self._accumulate(quantized, self.quantized_kernel())), None
+            outputs = tf.cond(state.programmed, lambda: self._chips_accumulate(quantized),
+                              lambda: self._accumulate(quantized, self.quantized_kernel()))
+            pending = None
         clean = outputs
         context = OutputContext(lambda: self._clean_range(clean, training), lambda effect: normal(clean, effect))
         for effect in OUTPUT_EFFECTS:
@@ -139,9 +141,14 @@ class HardwareAwareMixin:
             if added is not None:  # drawn later, with every other pending Gaussian, as one
                 pending = (pending[0] + added if pending else added, effect)
                 continue
-            outputs, pending = drawn(outputs, pending), None
+            outputs, pending = self._draw(outputs, pending, normal), None
             outputs = when(on, lambda values, e=effect: e.apply_output(values, levels[e.name], context), outputs)
-        return drawn(outputs, pending)
+        return self._draw(outputs, pending, normal)
+
+    @staticmethod
+    def _draw(outputs, pending, normal):
+        """``outputs + sqrt(variance) * n``: every pending Gaussian term in one draw (training)."""
+        return outputs if pending is None else outputs + tf.sqrt(pending[0]) * normal(outputs, pending[1])
 
     def _training_accumulate(self, quantized, levels, calls):
         """Fresh draws of the active kernel effects, then accumulate; the last one stays pending at the
@@ -164,14 +171,16 @@ class HardwareAwareMixin:
         """Program the chips: their kernels after every active kernel effect, once, eagerly (compiled
         per set of active effects, the levels its arguments: a new level does not retrace)."""
         state = self.hardware_state
-        active = tuple(e for e in KERNEL_EFFECTS if state.evaluating.numpy() and e.is_on(state.static_levels(e)))
+        evaluating = bool(state.evaluating.numpy())
+        active = tuple(e for e in KERNEL_EFFECTS if evaluating and e.is_on(state.static_levels(e)))
         state.programmed.assign(bool(active))
-        if active and active not in state.programmers:
+        if not active:  # batches read the plain kernel
+            return
+        if active not in state.programmers:
             state.programmers[active] = tf.function(lambda draws, levels: tf.broadcast_to(
                 self._read_kernel(active, draws, levels), state.chip_kernels.shape))
-        if active:
-            levels = tuple({key: tf.constant(value, tf.float32) for key, value in state.static_levels(e).items()} for e in active)
-            state.chip_kernels.assign(state.programmers[active](tuple(state.draws(e) for e in active), levels))
+        levels = tuple({key: tf.constant(value, tf.float32) for key, value in state.static_levels(e).items()} for e in active)
+        state.chip_kernels.assign(state.programmers[active](tuple(state.draws(e) for e in active), levels))
 
     def _read_kernel(self, effects, draws, levels):
         kernel = self.quantized_kernel()

@@ -20,11 +20,13 @@ def discover() -> tuple[Effect, ...]:
     effects = sorted((value() for module in modules for value in vars(module).values() if isinstance(value, type)
                       and issubclass(value, Effect) and value.__module__ == module.__name__),
                      key=lambda effect: (list(Stage).index(effect.stage), effect.order))
-    for what, values in (("name", [e.name for e in effects]), ("stream", [e.stream for e in effects if e.stream >= 0]),
-                         ("stage order", [(e.stage.value, e.order) for e in effects]),
-                         ("parameter", [name for e in effects for name in e.params.field_names()])):
-        if shared := sorted({str(value) for value in values if values.count(value) > 1}):
-            raise TypeError(f"effects share the {what} {', '.join(shared)}: each must be unique")
+    owners: dict[tuple, list[str]] = {}  # (what, value) -> the effects that declare it: each must be unique
+    for e in effects:
+        for key in [("name", e.name), ("stage order", (e.stage.value, e.order)), *(("parameter", n) for n in e.params.field_names()),
+                    *([("stream", e.stream)] if e.stream >= 0 else [])]:
+            owners.setdefault(key, []).append(e.name)
+    if clashes := [f"the {what} {value!r} ({', '.join(names)})" for (what, value), names in owners.items() if len(names) > 1]:
+        raise TypeError(f"effects must not share {'; '.join(clashes)}")
     return tuple(effects)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib
+import math
 from typing import Any, Callable, ClassVar, Mapping
 
 from pipeline.validation import ConfigError
@@ -119,6 +120,7 @@ class Effect:
     def output_variance(self, inputs, kernel, levels, inputs_are_signs: bool, kernel_is_signs: bool):
         """Training, dense layers: the variance of the effect's zero-mean Gaussian output term if
         drawing it at the outputs is exact (local reparameterization), else None."""
+        return None
 
     def apply_output(self, outputs, levels, context: OutputContext):
         raise NotImplementedError
@@ -129,6 +131,7 @@ class Effect:
     def gaussian_variance(self, outputs, variance, levels):
         """Training: the variance of the zero-mean Gaussian this effect adds to ``outputs`` (with
         ``variance`` pending on them), drawn with the pending ones as one; None: apply_output."""
+        return None
 
 
 def when(condition, apply: Callable, value):
@@ -151,7 +154,7 @@ def standard_normal(shape, seed):
     size = tf.reduce_prod(shape)
     uniform = tf.stack([tf.random.stateless_uniform(tf.stack([2, (size + 1) // 2]), seed=one) for one in seeds])
     radius = tf.sqrt(-2.0 * tf.math.log(1.0 - uniform[:, 0]))  # 1 - u in (0, 1]: finite
-    angle = (2.0 * 3.141592653589793) * uniform[:, 1]
+    angle = (2.0 * math.pi) * uniform[:, 1]
     pairs = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=1)[:, :size]
     return tf.reshape(pairs, shape if len(seeds) == 1 else tf.concat([[len(seeds) * shape[0]], shape[1:]], axis=0))
 

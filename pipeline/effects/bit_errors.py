@@ -18,6 +18,7 @@ network loses nothing on MNIST at a bit-error rate of 1e-4; error-aware training
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -67,18 +68,27 @@ class BitErrors(Effect):
             return self.draw(shape, seed)
         uniforms = tf.random.stateless_uniform([2, count], seed=seed)
         positions = tf.cumsum(tf.cast(tf.floor(tf.math.log1p(-uniforms[0]) / np.log1p(-ber)), tf.int64) + 1) - 1
-        return tf.boolean_mask(positions, positions < size), tf.boolean_mask(uniforms[1], positions < size)
+        inside = positions < size
+        return SparseFaults(tf.boolean_mask(positions, inside), tf.boolean_mask(uniforms[1], inside))
 
     def apply_kernel(self, kernel, draws, levels, kernel_quantizer):
         count = values_per_weight(kernel_quantizer)
-        if isinstance(draws, tuple):  # sparse (training): the faulty weights' positions and choices
-            positions, choices = draws
-            flat, where, shape = tf.reshape(kernel, [-1]), positions[:, None], tf.shape(kernel)
+        if isinstance(draws, SparseFaults):
+            flat, where, shape = tf.reshape(kernel, [-1]), draws.positions[:, None], tf.shape(kernel)
             if count == 2:  # times -1 where faulty: one product forward and backward
-                return kernel * tf.reshape(tf.tensor_scatter_nd_update(tf.ones_like(flat), where, -tf.ones_like(choices)), shape)
-            return tf.reshape(tf.tensor_scatter_nd_update(flat, where, other_level(tf.gather(flat, positions), choices, count)), shape)
+                signs = tf.tensor_scatter_nd_update(tf.ones_like(flat), where, -tf.ones_like(draws.choices))
+                return kernel * tf.reshape(signs, shape)
+            wrong = other_level(tf.gather(flat, draws.positions), draws.choices, count)
+            return tf.reshape(tf.tensor_scatter_nd_update(flat, where, wrong), shape)
         faulty = draws[..., 0] < levels["ber"]
         return tf.where(faulty, -kernel if count == 2 else other_level(kernel, draws[..., 1], count), kernel)
+
+
+class SparseFaults(NamedTuple):
+    """A training step's faulty weights: flat positions (int64) and uniforms in [0, 1) choosing their wrong levels."""
+
+    positions: object
+    choices: object
 
 
 def other_level(values, choices, count: int):

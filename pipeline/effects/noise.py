@@ -55,7 +55,8 @@ class Noise(Effect):
         noise, relative = context.normal(self), levels["relative"] > 0.5
         if relative is False:
             return outputs + levels["sigma"] * noise
-        rms = tf.sqrt(tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=list(range(1, outputs.shape.rank)), keepdims=True))
+        axes = list(range(1, outputs.shape.rank))
+        rms = tf.sqrt(tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=axes, keepdims=True))
         return outputs + levels["sigma"] * select(relative, rms, tf.ones_like(rms)) * noise
 
     def gaussian_variance(self, outputs, variance, levels):

@@ -52,10 +52,12 @@ class SaturationParams(EffectParams):
         fraction = self._set("clip_fraction", require_float("clip_fraction", self.clip_fraction, 0.0, 1.0, low_inclusive=False))
         if fraction != 1.0 and mode is not ClipMode.RELATIVE:
             raise ConfigError("clip_fraction", f"needs clip_mode=relative; got clip_mode={mode.value}")
-        if self.out_bits is not None and not 1 <= self._set("out_bits", require_int("out_bits", self.out_bits)) <= 16:
-            raise ConfigError("out_bits", f"must be an integer from 1 to 16 (or none); got {self.out_bits!r}")
-        if self.out_bits is not None and mode is ClipMode.NONE:
-            raise ConfigError("out_bits", "an ADC needs a finite range: set clip_mode=absolute or relative")
+        if self.out_bits is not None:
+            if not 1 <= require_int("out_bits", self.out_bits) <= 16:
+                raise ConfigError("out_bits", f"must be an integer from 1 to 16 (or none); got {self.out_bits!r}")
+            if mode is ClipMode.NONE:
+                raise ConfigError("out_bits", "an ADC needs a finite range: set clip_mode=absolute or relative")
+            self._set("out_bits", require_int("out_bits", self.out_bits))
 
     active = property(lambda self: self.clip_mode is not ClipMode.NONE)
 
