@@ -23,10 +23,10 @@ main: install
 	$(RUN_IN_VENV) mlflow run . -e main --env-manager local --experiment-name $(EXPERIMENT)
 
 test: install
-	$(RUN_IN_VENV) python -m pytest
+	$(RUN_IN_VENV) python -m pytest -n auto --dist worksteal
 
 test-fast: install
-	$(RUN_IN_VENV) python -m pytest -m "not slow"
+	$(RUN_IN_VENV) python -m pytest -n auto --dist worksteal -m "not slow"
 
 ui: install
 	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m pipeline.ui http://127.0.0.1:5000 $(EXPERIMENT)
