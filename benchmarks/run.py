@@ -30,7 +30,7 @@ from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConf
 from pipeline.data import prepare
 from pipeline.deployment import median_seconds
 from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Stage
-from pipeline.effects.base import standard_normal
+from pipeline.effects.base import KernelEffect, standard_normal
 from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, curve_point, load_target, typical_hardware
 from pipeline.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers, set_condition
 from pipeline.models import build_model
@@ -82,7 +82,7 @@ def draws_at_outputs(effect: Effect, layer, active_kernel_effects: list[Effect])
     effect of a dense layer on flat inputs when it has an exact output form)."""
     if effect.stage is Stage.OUTPUT:
         return True
-    reparameterized = type(effect).output_variance is not Effect.output_variance
+    reparameterized = type(effect).output_variance is not KernelEffect.output_variance
     return reparameterized and effect is active_kernel_effects[-1] and len(layer.input_shape) == 2
 
 

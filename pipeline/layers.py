@@ -8,8 +8,8 @@ plain model. Training and evaluation differ only in where levels and randomness 
 
 * **training**: the layer's configuration (static: an effect that is off costs nothing), fresh
   draws seeded by (training seed, layer, step), the batch's clean range. A dense layer on flat inputs
-  draws its last kernel effect at the outputs where exact (:meth:`Effect.output_variance`), and
-  zero-mean Gaussian output terms (:meth:`Effect.gaussian_variance`) are drawn as one.
+  draws its last kernel effect at the outputs where exact (:meth:`KernelEffect.output_variance`), and
+  zero-mean Gaussian output terms (:meth:`OutputEffect.gaussian_variance`) are drawn as one.
 * **evaluation** (:func:`pipeline.chips.hardware_evaluation`): levels in ``tf.Variable`` s (no
   rebuild, no retrace); programmed chips -- per-chip draws (seeded by chip, layer, effect) made into
   kernels once per chip and level; per-pass draws seeded by (chip, layer, pass); the calibrated clean
@@ -60,14 +60,18 @@ class HardwareState:
     def static_levels(self, effect: Effect) -> dict[str, float]:
         return {key: float(value.numpy()) for key, value in self.levels[effect.name].items()}
 
+    def seed_base(self, base, effect: Effect):
+        """The chip (or training) seed ``base`` mixed with this layer and ``effect``: a Python int or an int64 tensor."""
+        return base * SEED_MIX + self.salt + effect.stream
+
     def seed(self, base, effect: Effect, calls):
-        return tf.stack([base * SEED_MIX + self.salt + effect.stream, calls])
+        return tf.stack([self.seed_base(base, effect), calls])
 
     def draws(self, effect: Effect) -> tf.Variable:
         """Every chip's draws of ``effect``, drawn again only when the chips change (a level rescales them)."""
         chips = tuple(int(chip) for chip in self.chips.numpy())
         if self.draws_of.get(effect.name) != chips:
-            seeds = tf.constant([[chip * SEED_MIX + self.salt + effect.stream, 0] for chip in chips], tf.int64)
+            seeds = tf.constant([[self.seed_base(chip, effect), 0] for chip in chips], tf.int64)
             drawn = compiled_draws(effect)(tf.constant(self.kernel_shape, tf.int32), seeds)
             if effect.name in self.chip_draws:  # (the draws may have more axes than the kernel)
                 self.chip_draws[effect.name].assign(drawn)
@@ -171,15 +175,15 @@ class HardwareAwareMixin:
         """Program the chips: their kernels after every active kernel effect, once, eagerly (compiled
         per set of active effects, the levels its arguments: a new level does not retrace)."""
         state = self.hardware_state
-        evaluating = bool(state.evaluating.numpy())
-        active = tuple(e for e in KERNEL_EFFECTS if evaluating and e.is_on(state.static_levels(e)))
+        static = {e: state.static_levels(e) for e in KERNEL_EFFECTS} if state.evaluating.numpy() else {}
+        active = tuple(e for e, levels in static.items() if e.is_on(levels))
         state.programmed.assign(bool(active))
         if not active:  # batches read the plain kernel
             return
         if active not in state.programmers:
             state.programmers[active] = tf.function(lambda draws, levels: tf.broadcast_to(
                 self._read_kernel(active, draws, levels), state.chip_kernels.shape))
-        levels = tuple({key: tf.constant(value, tf.float32) for key, value in state.static_levels(e).items()} for e in active)
+        levels = tuple({key: tf.constant(value, tf.float32) for key, value in static[e].items()} for e in active)
         state.chip_kernels.assign(state.programmers[active](tuple(state.draws(e) for e in active), levels))
 
     def _read_kernel(self, effects, draws, levels):
@@ -224,8 +228,6 @@ class HardwareAwareMixin:
     @staticmethod
     def _normal(outputs, seeds):
         """N(0, 1) of the shape of ``outputs``, part k of the batch from ``seeds[k]``."""
-        if len(seeds) == 1:
-            return standard_normal(tf.shape(outputs), seeds[0])
         return standard_normal(tf.shape(outputs) // tf.constant([len(seeds)] + [1] * (outputs.shape.rank - 1)), seeds)
 
     def is_dense_on_flat(self, quantized) -> bool:

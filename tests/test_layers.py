@@ -209,6 +209,25 @@ def test_effects_are_ordered_kernel_then_output_and_declare_everything():
         assert not ideal.active  # every effect is off by default: the ideal chip
 
 
+def test_an_effect_without_its_stage_methods_cannot_be_registered():
+    from pipeline.effects.base import KernelEffect, OutputEffect
+
+    class HalfKernel(KernelEffect):  # draws, but never says what the draws do to the kernel
+        def run_levels(self, params):
+            return {"strength": 0.0}
+
+        def draw(self, shape, seed):
+            return tf.zeros(shape)
+
+    class Silent(OutputEffect):
+        def run_levels(self, params):
+            return {"strength": 0.0}
+
+    for incomplete, missing in ((HalfKernel, "apply_kernel"), (Silent, "apply_output")):
+        with pytest.raises(TypeError, match=missing):
+            incomplete()
+
+
 def test_documented_hardware_table_is_the_registry():
     """docs/hardware-model.md's table is generated from the registry (``python -m pipeline.effects``): they cannot drift."""
     page = (PROJECT_ROOT / "docs" / "hardware-model.md").read_text()

@@ -1,6 +1,7 @@
 """The hardware model as a set of effects, each in a module of this package, found here by itself.
 
-Every module (but ``base``) defining an :class:`~pipeline.effects.base.Effect` subclass adds it to
+Every module (but ``base``) defining an :class:`~pipeline.effects.base.Effect` (a ``KernelEffect``
+or ``OutputEffect``) adds it to
 :data:`EFFECTS` (see "Adding an effect" in docs/hardware-model.md), in the order a layer applies
 them: kernel effects by ``order``, the accumulation, output effects by ``order``. The configuration,
 command line, curves, plots, summaries, comparison columns and sweep space derive from it.
@@ -18,7 +19,7 @@ def discover() -> tuple[Effect, ...]:
     modules = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)
                if info.name != "base" and not info.name.startswith("_")]
     effects = sorted((value() for module in modules for value in vars(module).values() if isinstance(value, type)
-                      and issubclass(value, Effect) and value.__module__ == module.__name__),
+                      and issubclass(value, Effect) and value.__module__ == module.__name__),  # abstract: TypeError
                      key=lambda effect: (list(Stage).index(effect.stage), effect.order))
     owners: dict[tuple, list[str]] = {}  # (what, value) -> the effects that declare it: each must be unique
     for e in effects:

@@ -14,7 +14,8 @@ def main() -> None:
     parser.add_argument("--page", help="a markdown file whose table between the effects-table markers is replaced")
     page, table = parser.parse_args().page, markdown_table()
     if not page:
-        return print(table, end="")
+        print(table, end="")
+        return
     text = Path(page).read_text()
     if START not in text or END not in text:
         raise SystemExit(f"{page}: no {START} ... {END} markers")

@@ -1,6 +1,6 @@
 """What every effect declares: one module of this package per non-ideality.
 
-An :class:`Effect` subclass declares its parameters (``params``: a frozen :class:`EffectParams`,
+An effect (a :class:`KernelEffect` or :class:`OutputEffect` subclass) declares its parameters (``params``: a frozen :class:`EffectParams`,
 each field's unit and default in its docstring, validated on construction, with ``active`` and
 ``label()``), where it acts (``stage``, ``order``), when it is sampled (``sampling``), what it does
 (``draw`` + ``apply_kernel``, or ``apply_output``), its robustness ``curve`` and its sweep ``search``.
@@ -11,6 +11,7 @@ on first use, so validating a configuration stays instant.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import importlib
@@ -87,7 +88,9 @@ class OutputContext:
     normal: Callable[["Effect"], Any]  #: N(0, 1) of the output's shape, seeded for this effect and pass
 
 
-class Effect:
+class Effect(abc.ABC):
+    """An effect subclasses :class:`KernelEffect` or :class:`OutputEffect` (which set ``stage``)."""
+
     name: ClassVar[str]  #: ``--<name>_grid``, ``robust_auc_<name>``
     params: ClassVar[type[EffectParams]]
     stage: ClassVar[Stage]
@@ -97,36 +100,49 @@ class Effect:
     formula: ClassVar[str]  #: one line of the documentation table
     curve: ClassVar[Curve]
     search: ClassVar[Mapping[str, Any]]  #: the sweep's defaults: SearchRange s or fixed values
-    keeps_signs: ClassVar[bool] = False  #: kernel effects: a kernel of +-1 values stays +-1
 
+    @abc.abstractmethod
     def run_levels(self, params: EffectParams) -> dict[str, float]:
         """The numbers a layer keeps in variables; the first is the strength (0: off)."""
-        raise NotImplementedError
 
     def is_on(self, levels):
         return next(iter(levels.values())) > 0  # a Python bool, or a boolean tensor for variables
 
+    def uses_clean_range(self, params: EffectParams) -> bool:
+        return False  # True: apply_output reads context.clean_range (an evaluation calibrates it)
+
+
+class KernelEffect(Effect):
+    """Acts on the stored weights, before the accumulation."""
+
+    stage = Stage.KERNEL
+    keeps_signs: ClassVar[bool] = False  #: a kernel of +-1 values stays +-1
+
+    @abc.abstractmethod
     def draw(self, shape, seed):
-        """Kernel effects: the random numbers of one chip (or training step) for a kernel of ``shape``."""
-        raise NotImplementedError
+        """The random numbers of one chip (or training step) for a kernel of ``shape``."""
 
     def training_draw(self, shape, seed, levels):
         return self.draw(shape, seed)  # or cheaper draws with the same effect on the kernel
 
+    @abc.abstractmethod
     def apply_kernel(self, kernel, draws, levels, kernel_quantizer):
         """The weights as read: ``kernel`` (after the layer's quantizer) changed by ``draws``."""
-        raise NotImplementedError
 
     def output_variance(self, inputs, kernel, levels, inputs_are_signs: bool, kernel_is_signs: bool):
         """Training, dense layers: the variance of the effect's zero-mean Gaussian output term if
         drawing it at the outputs is exact (local reparameterization), else None."""
         return None
 
-    def apply_output(self, outputs, levels, context: OutputContext):
-        raise NotImplementedError
 
-    def uses_clean_range(self, params: EffectParams) -> bool:
-        return False  # True: apply_output reads context.clean_range (an evaluation calibrates it)
+class OutputEffect(Effect):
+    """Acts on the accumulator output."""
+
+    stage = Stage.OUTPUT
+
+    @abc.abstractmethod
+    def apply_output(self, outputs, levels, context: OutputContext):
+        """The output as read: ``outputs`` changed by the effect."""
 
     def gaussian_variance(self, outputs, variance, levels):
         """Training: the variance of the zero-mean Gaussian this effect adds to ``outputs`` (with
@@ -159,5 +175,5 @@ def standard_normal(shape, seed):
     return tf.reshape(pairs, shape if len(seeds) == 1 else tf.concat([[len(seeds) * shape[0]], shape[1:]], axis=0))
 
 
-__all__ = ["ConfigError", "Curve", "Effect", "EffectParams", "OutputContext", "Sampling", "SearchRange", "Stage",
+__all__ = ["ConfigError", "Curve", "Effect", "EffectParams", "KernelEffect", "OutputContext", "OutputEffect", "Sampling", "SearchRange", "Stage",
            "select", "standard_normal", "tf", "when"]

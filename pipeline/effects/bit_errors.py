@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.effects.base import Curve, Effect, EffectParams, SearchRange, Stage, Sampling, tf
+from pipeline.effects.base import Curve, EffectParams, KernelEffect, SearchRange, Sampling, tf
 from pipeline.validation import require_float
 
 
@@ -41,9 +41,9 @@ class BitErrorParams(EffectParams):
         return f"ber{self.weight_ber:g}"
 
 
-class BitErrors(Effect):
+class BitErrors(KernelEffect):
     # first (order 0): the cell reads the wrong state, then its device's deviation applies
-    name, params, stage, order, sampling, stream = "weight_ber", BitErrorParams, Stage.KERNEL, 0, Sampling.PER_CHIP, 2
+    name, params, order, sampling, stream = "weight_ber", BitErrorParams, 0, Sampling.PER_CHIP, 2
     keeps_signs = True
     formula = ("with probability weight_ber per weight: W ← −W_q (1-bit, float); "
                "a k-bit W_q reads as one of its other 2^k − 1 levels, uniformly")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pipeline.effects.base import Curve, Effect, EffectParams, SearchRange, Stage, Sampling, select, tf
+from pipeline.effects.base import Curve, EffectParams, OutputEffect, SearchRange, Sampling, select, tf
 from pipeline.validation import parse_enum, require_float
 
 
@@ -41,8 +41,8 @@ class NoiseParams(EffectParams):
         return f"s{self.noise_sigma:.2f}" + ("abs" if self.noise_mode is NoiseMode.ABSOLUTE else "")
 
 
-class Noise(Effect):
-    name, params, stage, order, sampling, stream = "noise", NoiseParams, Stage.OUTPUT, 0, Sampling.PER_PASS, 1
+class Noise(OutputEffect):
+    name, params, order, sampling, stream = "noise", NoiseParams, 0, Sampling.PER_PASS, 1
     formula = ("y ← y + σ·s·n, n ~ N(0, 1); relative: s = RMS of the example's clean output (σ a ratio), "
                "absolute: s = 1 (σ in accumulator units)")
     curve = Curve("noise_sigma", (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), "output noise sigma (x RMS of clean output)")

@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.effects.base import Curve, Effect, EffectParams, SearchRange, Stage, Sampling, select, tf, when
+from pipeline.effects.base import Curve, EffectParams, OutputEffect, SearchRange, Sampling, select, tf, when
 from pipeline.validation import ConfigError, parse_enum, require_float, require_int
 
 
@@ -53,11 +53,12 @@ class SaturationParams(EffectParams):
         if fraction != 1.0 and mode is not ClipMode.RELATIVE:
             raise ConfigError("clip_fraction", f"needs clip_mode=relative; got clip_mode={mode.value}")
         if self.out_bits is not None:
-            if not 1 <= require_int("out_bits", self.out_bits) <= 16:
+            bits = require_int("out_bits", self.out_bits)
+            if not 1 <= bits <= 16:
                 raise ConfigError("out_bits", f"must be an integer from 1 to 16 (or none); got {self.out_bits!r}")
             if mode is ClipMode.NONE:
                 raise ConfigError("out_bits", "an ADC needs a finite range: set clip_mode=absolute or relative")
-            self._set("out_bits", require_int("out_bits", self.out_bits))
+            self._set("out_bits", bits)
 
     active = property(lambda self: self.clip_mode is not ClipMode.NONE)
 
@@ -74,9 +75,9 @@ class SaturationParams(EffectParams):
         return cls(**given)
 
 
-class Saturation(Effect):
+class Saturation(OutputEffect):
     # after the noise (order 0): the converter saturates on what it reads
-    name, params, stage, order, sampling, stream = "clip", SaturationParams, Stage.OUTPUT, 1, Sampling.DETERMINISTIC, -1
+    name, params, order, sampling, stream = "clip", SaturationParams, 1, Sampling.DETERMINISTIC, -1
     formula = ("y ← clip(y, lo, hi), [lo, hi] = [clip_min, clip_max] (accumulator units) or clip_fraction·(calibrated clean range); "
                "ADC: y ← lo + round((y − lo)/Δ)·Δ, Δ = (hi − lo)/(2^out_bits − 1)")
     curve = Curve("clip_fraction", (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05), "saturation: fraction of clean output range",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.effects.base import Curve, Effect, EffectParams, SearchRange, Stage, Sampling, standard_normal, tf
+from pipeline.effects.base import Curve, EffectParams, KernelEffect, SearchRange, Sampling, standard_normal, tf
 from pipeline.validation import require_float
 
 
@@ -32,9 +32,9 @@ class VariationParams(EffectParams):
         return f"d{self.weight_dev_pct:g}"
 
 
-class Variation(Effect):
+class Variation(KernelEffect):
     # after bit errors (order 0): a cell read in the wrong state still has its device's deviation
-    name, params, stage, order, sampling, stream = "weight_dev", VariationParams, Stage.KERNEL, 1, Sampling.PER_CHIP, 0
+    name, params, order, sampling, stream = "weight_dev", VariationParams, 1, Sampling.PER_CHIP, 0
     formula = "W ← W_q·(1 + ε), ε = (weight_dev_pct/100)·z, z ~ N(0, 1) per weight"
     curve = Curve("weight_dev_pct", (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0), "weight deviation (%)")
     search = {"weight_dev_pct": SearchRange(0.0, 60.0)}
