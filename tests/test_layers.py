@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline.cli import field_help
 from pipeline.config import ModelConfig
 from pipeline.effects import EFFECTS, PARAMETERS, Sampling, Stage, markdown_table
 from pipeline.effects.base import standard_normal
@@ -203,7 +204,9 @@ def test_effects_are_ordered_kernel_then_output_and_declare_everything():
     assert stages == sorted(stages, key=[Stage.KERNEL, Stage.OUTPUT].index)
     for effect in EFFECTS:
         assert effect.curve.parameter in effect.params.field_names()
-        assert effect.curve.label and effect.formula and effect.params.__doc__ is not None or True
+        assert effect.curve.label and effect.formula
+        helps = field_help(effect.params)  # every parameter documented: the command line's help text
+        assert set(helps) == set(effect.params.field_names()) and all(len(text) > 20 for text in helps.values())
         assert isinstance(effect.sampling, Sampling)
         ideal = PerturbationConfig().params(effect)
         assert not ideal.active  # every effect is off by default: the ideal chip
