@@ -68,24 +68,24 @@ class BitErrors(KernelEffect):
             return self.draw(shape, seed)
         uniforms = tf.random.stateless_uniform([2, count], seed=seed)
         positions = tf.cumsum(tf.cast(tf.floor(tf.math.log1p(-uniforms[0]) / np.log1p(-ber)), tf.int64) + 1) - 1
-        inside = positions < size
-        return SparseFaults(tf.boolean_mask(positions, inside), tf.boolean_mask(uniforms[1], inside))
+        return SparseFaults(tf.minimum(positions, size), uniforms[1])  # beyond the kernel: the spare slot ``size``
 
     def apply_kernel(self, kernel, draws, levels, kernel_quantizer):
         count = values_per_weight(kernel_quantizer)
-        if isinstance(draws, SparseFaults):
-            flat, where, shape = tf.reshape(kernel, [-1]), draws.positions[:, None], tf.shape(kernel)
+        if isinstance(draws, SparseFaults):  # on the flat kernel and a spare slot, dropped after
+            flat, where, size = tf.pad(tf.reshape(kernel, [-1]), [[0, 1]]), draws.positions[:, None], tf.size(kernel)
             if count == 2:  # times -1 where faulty: one product forward and backward
                 signs = tf.tensor_scatter_nd_update(tf.ones_like(flat), where, -tf.ones_like(draws.choices))
-                return kernel * tf.reshape(signs, shape)
+                return kernel * tf.reshape(signs[:size], tf.shape(kernel))
             wrong = other_level(tf.gather(flat, draws.positions), draws.choices, count)
-            return tf.reshape(tf.tensor_scatter_nd_update(flat, where, wrong), shape)
+            return tf.reshape(tf.tensor_scatter_nd_update(flat, where, wrong)[:size], tf.shape(kernel))
         faulty = draws[..., 0] < levels["ber"]
         return tf.where(faulty, -kernel if count == 2 else other_level(kernel, draws[..., 1], count), kernel)
 
 
 class SparseFaults(NamedTuple):
-    """A training step's faulty weights: flat positions (int64) and uniforms in [0, 1) choosing their wrong levels."""
+    """A training step's faulty weights: flat positions (int64; the kernel's size: none) and uniforms
+    in [0, 1) choosing their wrong levels."""
 
     positions: object
     choices: object
