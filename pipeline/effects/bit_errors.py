@@ -72,11 +72,12 @@ class BitErrors(KernelEffect):
 
     def apply_kernel(self, kernel, draws, levels, kernel_quantizer):
         count = values_per_weight(kernel_quantizer)
-        if isinstance(draws, SparseFaults):  # on the flat kernel and a spare slot, dropped after
-            flat, where, size = tf.pad(tf.reshape(kernel, [-1]), [[0, 1]]), draws.positions[:, None], tf.size(kernel)
+        if isinstance(draws, SparseFaults):  # scattered on the flat kernel and a spare slot, dropped after
+            size, where = tf.size(kernel), draws.positions[:, None]
             if count == 2:  # times -1 where faulty: one product forward and backward
-                signs = tf.tensor_scatter_nd_update(tf.ones_like(flat), where, -tf.ones_like(draws.choices))
+                signs = tf.tensor_scatter_nd_update(tf.ones([size + 1]), where, -tf.ones_like(draws.choices))
                 return kernel * tf.reshape(signs[:size], tf.shape(kernel))
+            flat = tf.pad(tf.reshape(kernel, [-1]), [[0, 1]])
             wrong = other_level(tf.gather(flat, draws.positions), draws.choices, count)
             return tf.reshape(tf.tensor_scatter_nd_update(flat, where, wrong)[:size], tf.shape(kernel))
         faulty = draws[..., 0] < levels["ber"]
