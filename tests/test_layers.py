@@ -10,7 +10,7 @@ import tensorflow as tf
 from pipeline.cli import field_help
 from pipeline.config import ModelConfig
 from pipeline.effects import EFFECTS, PARAMETERS, Sampling, Stage, markdown_table
-from pipeline.effects.base import standard_normal
+from pipeline.effects.base import KernelEffect, OutputEffect, standard_normal
 from pipeline.hardware import PerturbationConfig, load_target
 from pipeline.chips import (
     attach_hardware,
@@ -213,8 +213,6 @@ def test_effects_are_ordered_kernel_then_output_and_declare_everything():
 
 
 def test_an_effect_without_its_stage_methods_cannot_be_registered():
-    from pipeline.effects.base import KernelEffect, OutputEffect
-
     class HalfKernel(KernelEffect):  # draws, but never says what the draws do to the kernel
         def run_levels(self, params):
             return {"strength": 0.0}

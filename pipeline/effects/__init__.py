@@ -1,9 +1,9 @@
 """The hardware model as a set of effects, each in a module of this package, found here by itself.
 
 Every module (but ``base``) defining an :class:`~pipeline.effects.base.Effect` (a ``KernelEffect``
-or ``OutputEffect``) adds it to
-:data:`EFFECTS` (see "Adding an effect" in docs/hardware-model.md), in the order a layer applies
-them: kernel effects by ``order``, the accumulation, output effects by ``order``. The configuration,
+or ``OutputEffect``) adds it to :data:`EFFECTS` (see "Adding an effect" in docs/hardware-model.md),
+in the order a layer applies them: kernel effects by ``order``, the accumulation, output effects by
+``order``. The configuration,
 command line, curves, plots, summaries, comparison columns and sweep space derive from it.
 """
 

@@ -1,9 +1,10 @@
 """What every effect declares: one module of this package per non-ideality.
 
-An effect (a :class:`KernelEffect` or :class:`OutputEffect` subclass) declares its parameters (``params``: a frozen :class:`EffectParams`,
-each field's unit and default in its docstring, validated on construction, with ``active`` and
-``label()``), where it acts (``stage``, ``order``), when it is sampled (``sampling``), what it does
-(``draw`` + ``apply_kernel``, or ``apply_output``), its robustness ``curve`` and its sweep ``search``.
+An effect (a :class:`KernelEffect` or :class:`OutputEffect` subclass) declares its parameters
+(``params``: a frozen :class:`EffectParams`, each field's unit and default in its docstring,
+validated on construction, with ``active`` and ``label()``), where it acts (the base class and
+``order``), when it is sampled (``sampling``), what it does (``draw`` + ``apply_kernel``, or
+``apply_output``), its robustness ``curve`` and its sweep ``search``.
 Its run-time ``levels`` are Python numbers in training (static: an effect that is off costs nothing)
 and ``tf.Variable`` s at evaluation (a new level neither rebuilds nor retraces). ``tf`` is imported
 on first use, so validating a configuration stays instant.
@@ -175,5 +176,5 @@ def standard_normal(shape, seed):
     return tf.reshape(pairs, shape if len(seeds) == 1 else tf.concat([[len(seeds) * shape[0]], shape[1:]], axis=0))
 
 
-__all__ = ["ConfigError", "Curve", "Effect", "EffectParams", "KernelEffect", "OutputContext", "OutputEffect", "Sampling", "SearchRange", "Stage",
-           "select", "standard_normal", "tf", "when"]
+__all__ = ["ConfigError", "Curve", "Effect", "EffectParams", "KernelEffect", "OutputContext", "OutputEffect", "Sampling",
+           "SearchRange", "Stage", "select", "standard_normal", "tf", "when"]
