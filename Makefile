@@ -23,13 +23,14 @@ main: install
 	$(RUN_IN_VENV) mlflow run . -e main --env-manager local --experiment-name $(EXPERIMENT)
 
 test: install
+	$(RUN_IN_VENV) ruff check .
 	$(RUN_IN_VENV) python -m pytest -n auto --dist worksteal
 
 test-fast: install
 	$(RUN_IN_VENV) python -m pytest -n auto --dist worksteal -m "not slow"
 
 ui: install
-	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m pipeline.ui http://127.0.0.1:5000 $(EXPERIMENT)
+	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m pipeline.app.ui http://127.0.0.1:5000 $(EXPERIMENT)
 	$(RUN_IN_VENV) mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 screenshots: install

@@ -25,16 +25,15 @@ import numpy as np
 import pipeline  # noqa: F401
 import tensorflow as tf
 
-from pipeline.cli import SWEEP_TARGET_CHIPS
-from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig
-from pipeline.data import prepare
-from pipeline.deployment import median_seconds
-from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Stage
+from pipeline.config import SWEEP_TARGET_CHIPS, DataConfig, ModelConfig, RobustnessConfig, TrainConfig
+from pipeline.learning.data import prepare
+from pipeline.deploy.interpreter import median_seconds
+from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Site
 from pipeline.effects.base import KernelEffect, standard_normal
-from pipeline.hardware import TARGET_HARDWARE_FILE, PerturbationConfig, curve_point, load_target, typical_hardware
-from pipeline.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers, set_condition
-from pipeline.models import build_model
-from pipeline.robustness import (
+from pipeline.perturbation import TARGET_HARDWARE_FILE, PerturbationConfig, curve_point, load_target, typical_hardware
+from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers, set_condition
+from pipeline.learning.models import build_model
+from pipeline.evaluation.robustness import (
     CompiledAccuracy,
     TargetValidation,
     chips_side_by_side,
@@ -42,7 +41,7 @@ from pipeline.robustness import (
     evaluate_robustness,
     model_targets,
 )
-from pipeline.training import compile_model, seed_everything
+from pipeline.learning.training import compile_model, seed_everything
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
            "target_yield_s": 10.0, "pruning_signal": 0.10}
@@ -80,7 +79,7 @@ def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -
 def draws_at_outputs(effect: Effect, layer, active_kernel_effects: list[Effect]) -> bool:
     """Whether training draws ``effect`` at the layer's outputs (output effects; the last kernel
     effect of a dense layer on flat inputs when it has an exact output form)."""
-    if effect.stage is Stage.OUTPUT:
+    if effect.site is Site.OUTPUT:
         return True
     reparameterized = type(effect).output_variance is not KernelEffect.output_variance
     return reparameterized and effect is active_kernel_effects[-1] and len(layer.input_shape) == 2
@@ -193,7 +192,7 @@ def robustness_throughput(data, quick: bool) -> dict:
                 programming.append(programmed - started)
             if chips == 1:  # where a pass's time goes: fixed cost + cost per image (same programmed chip)
                 sizes = [len(labels) // 4, len(labels) // 2, len(labels)]
-                medians = [median_seconds(lambda: accuracy.per_chip(images[:size], labels[:size]), repeats * 2) for size in sizes]
+                medians = [median_seconds(lambda: accuracy.per_chip(images[:size], labels[:size]), repeats * 2) for size in sizes]  # noqa: B023 (called at once)
                 per_image, fixed = np.polyfit(sizes, medians, 1)
                 result.update({"fixed_call_ms": 1000 * max(fixed, 0.0), "ms_per_1k_images": 1e6 * per_image})
         pass_seconds = statistics.median(perturbed)
@@ -254,9 +253,9 @@ def chip_draw_seconds(hardware, target: PerturbationConfig, images: int, quick: 
     effect's draw for each perturbed kernel, and one N(0, 1) per output element of each random
     per-pass output effect (the output noise) for every image."""
     shapes = [(effect, tuple(layer.kernel.shape)) for layer in hardware_layers(hardware) for effect, params in target
-              if params.active and effect.stage is Stage.KERNEL]
+              if params.active and effect.site is Site.KERNEL]
     outputs = [(images, int(layer.kernel.shape[-1])) for layer in hardware_layers(hardware) for effect, params in target
-               if params.active and effect.stage is Stage.OUTPUT and effect.sampling is Sampling.PER_PASS]
+               if params.active and effect.site is Site.OUTPUT and effect.sampling is Sampling.PER_PASS]
 
     @tf.function(autograph=False)
     def draw_all(seed):
@@ -275,7 +274,7 @@ def chip_draw_seconds(hardware, target: PerturbationConfig, images: int, quick: 
 def pruning_signal_cost(data, quick: bool) -> dict:
     """The sweep's per-epoch pruning signal (``val_target_accuracy`` on one chip of the target)
     against the epoch it follows: a 1-bit MLP trained at the target's levels, as a sweep trial is."""
-    from pipeline.training import train
+    from pipeline.learning.training import train
 
     target, _ = load_target(Path(__file__).resolve().parents[1] / TARGET_HARDWARE_FILE)
     config = ModelConfig(bits=1, hidden_units=(128,) if quick else (512, 512))
@@ -398,16 +397,14 @@ def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
 
 def sweep_costs(quick: bool, output: Path) -> dict:
     """A real in-process sweep: per-trial time split, and resident memory after trial 1 vs the last."""
-    import mlflow
-
+    from pipeline.app import tracking
     from sweeps.config import SweepConfig
     from sweeps.space import load_space
     from sweeps.study import run_sweep
 
     n_trials = 4 if quick else 20
     store = Path(tempfile.mkdtemp(prefix="hwl-bench-"))
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    mlflow.set_experiment("benchmark")
+    tracking.use_store(f"sqlite:///{store / 'mlflow.db'}", "benchmark")
     data_config = DataConfig(source="bundled", limit=300 if quick else 0)
     model_config = ModelConfig(bits=1, hidden_units=(128,) if quick else (512, 512))
     train_config = TrainConfig(epochs=2 if quick else 5)
@@ -418,12 +415,11 @@ def sweep_costs(quick: bool, output: Path) -> dict:
     started = time.perf_counter()
     study = run_sweep(data_config, model_config, train_config, robustness, space, sweep, prepare(data_config))
     wall = time.perf_counter() - started
-    client = mlflow.MlflowClient()
     parts = {key: [] for key in ("time_build_s", "time_fit_s", "time_evaluate_s", "time_size_s", "time_robustness_s",
                                  "time_logging_s", "time_total_s")}
     rss = []
     for trial in sorted(study.trials, key=lambda t: t.number):
-        metrics = client.get_run(trial.user_attrs["mlflow_run_id"]).data.metrics
+        metrics = tracking.run_metrics(trial.user_attrs["mlflow_run_id"])
         if "time_total_s" in metrics:
             for key in parts:
                 parts[key].append(metrics[key])

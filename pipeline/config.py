@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from pipeline.effects import EFFECT_NAMES, EFFECTS
-from pipeline.hardware import PerturbationConfig, curve_point
+from pipeline.perturbation import PerturbationConfig, curve_point
 from pipeline.validation import ConfigError, optional_float, parse_enum, parse_int_list, require_float, require_int
 
 
@@ -170,6 +171,7 @@ def as_text(value: Any) -> str:
 
 # --------------------------------------------------------------------------- robustness evaluation
 
+SWEEP_TARGET_CHIPS = 200  #: target chips of a sweep trial / a layer's sensitivity: enough to rank them (yield +-7 points at worst)
 CHIP_SEED_STRIDE = 10_007  #: chip ids of seed s start at s x this: more chips than this would reach the next seed's
 
 def parse_float_list(parameter: str, value: Any, low: float, high: float | None, low_inclusive: bool = True) -> tuple[float, ...]:

@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 VERBOSE_VARIABLE = "HWL_VERBOSE"
 NOISE = re.compile(

@@ -11,14 +11,14 @@ import optuna
 import pandas as pd
 from matplotlib import pyplot
 
-from pipeline import stages, tracking
-from pipeline.compare import estimate_text
+from pipeline.app import stages, tracking
+from pipeline.evaluation.statistics import estimate_text
 from pipeline.config import ModelConfig, RobustnessConfig, TrainConfig, flatten
 from pipeline.effects import PARAMETERS
 from pipeline.validation import ConfigError
 from sweeps.config import Objective, SweepConfig
 from sweeps.space import Range, SearchSpace, levels_from
-from sweeps.study import FINISHED_STATES, TRIAL_RESULTS
+from sweeps.trials import FINISHED_STATES, TRIAL_RESULTS
 
 TOP_TRIALS = 5
 EDGE_FRACTION = 0.05  #: a best value this close to a bound (fraction of the range; of log-range for a log range) is "at the edge"
@@ -192,7 +192,8 @@ def report_study(study: optuna.Study, config: SweepConfig, handle, model: ModelC
         stages.log_comparison(rows)
         if robustness.accuracy_spec is not None:
             print(f"\n[sweep] yield at spec {100 * robustness.accuracy_spec:.2f}% over {robustness.target_chips} chips (95% CI): "
-                  + "; ".join(f"{label} {estimate_text(row, 'robust_yield_target', 1)}" for label, row in zip(("float baseline", "plain QAT", "best trial"), rows)))
+                  + "; ".join(f"{label} {estimate_text(row, 'robust_yield_target', 1)}"
+                              for label, row in zip(("float baseline", "plain QAT", "best trial"), rows)))
     if warned:
         print("\n" + "\n".join(warned), flush=True)
     parent = tracking.mlflow.active_run().info.run_id

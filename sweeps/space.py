@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.effects import EFFECTS, PARAMETERS, SearchRange
-from pipeline.hardware import PerturbationConfig, load_target, read_yaml_mapping, target_from_mapping
+from pipeline.perturbation import PerturbationConfig, load_target, read_yaml_mapping, target_from_mapping
 from pipeline.validation import ConfigError
 
 DEFAULT_SPACE_FILE = "sweeps/space.yaml"

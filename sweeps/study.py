@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pipeline  # noqa: F401
 import optuna
@@ -21,21 +21,19 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 from optuna_integration import TFKerasPruningCallback
 
-from pipeline import stages, tracking
-from pipeline.compare import INTERVAL_BOUNDS, INTERVALS
+from pipeline.app import stages, tracking
 from pipeline.config import ConfigError, DataConfig, ModelConfig, RobustnessConfig, TrainConfig, flatten
-from pipeline.data import PreparedData
-from pipeline.robustness import TargetValidation
-from pipeline.training import TrainingDiverged
+from pipeline.learning.data import PreparedData
+from pipeline.evaluation.robustness import TargetValidation
+from pipeline.learning.training import TrainingDiverged
 from sweeps.config import Objective, SweepConfig
+from sweeps import report
 from sweeps.space import SearchSpace
+from sweeps.trials import FINISHED_STATES, TRIAL_RESULTS
 
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 20
 STORAGE_ATTEMPTS = 3  #: workers starting together race to create the storage's tables: the loser retries
 GRACE_SECONDS = 90
-#: a trial's results kept on the Optuna trial (user attributes), for the report
-TRIAL_RESULTS = ("test_accuracy", *INTERVALS, *INTERVAL_BOUNDS)
 
 
 class PrunedTrial(optuna.TrialPruned):
@@ -217,7 +215,6 @@ def fail_trials_of_dead_runs(study: optuna.Study, run_ids: set[str]) -> list[int
 def run_sweep(data_config: DataConfig, model_config: ModelConfig, train_config: TrainConfig,
               robustness: RobustnessConfig, space: SearchSpace, config: SweepConfig, data: PreparedData) -> optuna.Study:
     """One worker of the sweep, as one parent run; returns the study."""
-    from sweeps import report
 
     name = study_name(config, data_config, model_config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours (record_outcome)

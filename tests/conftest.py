@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.data import PreparedData, prepare
+from pipeline.learning.data import PreparedData, prepare
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,10 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import ModelConfig
-from pipeline.hardware import PerturbationConfig, typical_hardware
-from pipeline.chips import attach_hardware, hardware_evaluation
-from pipeline.layers import HardwareAwareQuantDense
-from pipeline.models import build_model
+from pipeline.perturbation import PerturbationConfig, typical_hardware
+from pipeline.hwmodel.chips import attach_hardware, hardware_evaluation
+from pipeline.hwmodel.layers import HardwareAwareQuantDense
+from pipeline.learning.models import build_model
 
 RNG = np.random.default_rng(1234)
 IMAGES = RNG.uniform(-1, 1, size=(512, 28, 28, 1)).astype(np.float32)

@@ -43,7 +43,7 @@ def take_screenshots(store_uri: str, experiment_name: str, out: Path) -> list[Pa
     """The screenshots of the newest ``main`` run of ``experiment_name`` in ``store_uri``; returns their paths."""
     from playwright.sync_api import sync_playwright
 
-    from pipeline.ui import runs_page
+    from pipeline.app.ui import runs_page
 
     mlflow.set_tracking_uri(store_uri)
     client = mlflow.MlflowClient(store_uri)

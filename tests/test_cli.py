@@ -6,7 +6,7 @@ import pytest
 from conftest import all_runs, run_cli, run_mlflow_project
 from pipeline.config import RobustnessConfig
 from pipeline.validation import ConfigError
-from pipeline.hardware import PerturbationConfig
+from pipeline.perturbation import PerturbationConfig
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import mlflow
 import pytest
 
 from conftest import all_runs, run_cli, run_mlflow_project, short_grids
-from pipeline.compare import ROBUSTNESS_COLUMNS as ROBUSTNESS_METRICS
+from pipeline.app.compare import ROBUSTNESS_COLUMNS as ROBUSTNESS_METRICS
 
 TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2, "target_chips": 10, **short_grids(3)}
 
@@ -125,7 +125,7 @@ def test_perturb_and_evaluate_entry_points(tracking_store):
     assert perturb.data.params["perturb.clip_mode"] == "absolute"
 
     # The logged model reloads with its hardware configuration.
-    from pipeline.layers import HardwareAwareQuantDense
+    from pipeline.hwmodel.layers import HardwareAwareQuantDense
 
     model = mlflow.tensorflow.load_model(perturb.data.tags["model_uri"])
     layer = model.get_layer("dense_1")

@@ -77,7 +77,7 @@ def test_tracking_lost_mid_run_is_loud_and_keeps_the_model(tmp_path):
     assert "MLflow logging failed" in stderr and "the trained model is saved at" in stderr
     saved = list((tmp_path / "rescued").glob("*/model.keras"))
     assert len(saved) == 1 and str(saved[0]) in stderr
-    import pipeline.layers  # noqa: F401  (registers Larq's and our layers)
+    import pipeline.hwmodel.layers  # noqa: F401  (registers Larq's and our layers)
     import tensorflow as tf
 
     model = tf.keras.models.load_model(saved[0])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from pipeline.effects.base import Effect, EffectParams, Sampling, SearchRange, Stage
+from pipeline.effects.base import Effect, EffectParams, Sampling, SearchRange, Site
 
 
 def discover() -> tuple[Effect, ...]:
@@ -20,10 +20,10 @@ def discover() -> tuple[Effect, ...]:
                if info.name != "base" and not info.name.startswith("_")]
     effects = sorted((value() for module in modules for value in vars(module).values() if isinstance(value, type)
                       and issubclass(value, Effect) and value.__module__ == module.__name__),  # abstract: TypeError
-                     key=lambda effect: (list(Stage).index(effect.stage), effect.order))
+                     key=lambda effect: (list(Site).index(effect.site), effect.order))
     owners: dict[tuple, list[str]] = {}  # (what, value) -> the effects that declare it: each must be unique
     for e in effects:
-        for key in [("name", e.name), ("stage order", (e.stage.value, e.order)), *(("parameter", n) for n in e.params.field_names()),
+        for key in [("name", e.name), ("site order", (e.site.value, e.order)), *(("parameter", n) for n in e.params.field_names()),
                     *([("stream", e.stream)] if e.stream >= 0 else [])]:
             owners.setdefault(key, []).append(e.name)
     if clashes := [f"the {what} {value!r} ({', '.join(names)})" for (what, value), names in owners.items() if len(names) > 1]:
@@ -32,8 +32,8 @@ def discover() -> tuple[Effect, ...]:
 
 
 EFFECTS: tuple[Effect, ...] = discover()
-KERNEL_EFFECTS = tuple(effect for effect in EFFECTS if effect.stage is Stage.KERNEL)
-OUTPUT_EFFECTS = tuple(effect for effect in EFFECTS if effect.stage is Stage.OUTPUT)
+KERNEL_EFFECTS = tuple(effect for effect in EFFECTS if effect.site is Site.KERNEL)
+OUTPUT_EFFECTS = tuple(effect for effect in EFFECTS if effect.site is Site.OUTPUT)
 EFFECT_NAMES = tuple(effect.name for effect in EFFECTS)
 PARAMETERS = {name: effect for effect in EFFECTS for name in effect.params.field_names()}  #: parameter -> its effect
 
@@ -45,7 +45,7 @@ def markdown_table() -> str:
              "|---|---|---|---|---|---|"]
     for effect in EFFECTS:
         defaults = ", ".join(f"`{name}` ({plain(getattr(effect.params(), name))})" for name in effect.params.field_names())
-        lines.append(f"| `{effect.name}` | {defaults} | {effect.stage.value} | {effect.sampling.value} | {effect.formula} | "
+        lines.append(f"| `{effect.name}` | {defaults} | {effect.site.value} | {effect.sampling.value} | {effect.formula} | "
                      f"{effect.curve.label}{' (log)' if effect.curve.log else ''} |")
     return "\n".join(lines) + "\n"
 

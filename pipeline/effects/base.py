@@ -17,7 +17,8 @@ import dataclasses
 import enum
 import importlib
 import math
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
 
 from pipeline.validation import ConfigError
 
@@ -37,7 +38,7 @@ class Sampling(str, enum.Enum):
     DETERMINISTIC = "deterministic"
 
 
-class Stage(str, enum.Enum):
+class Site(str, enum.Enum):
     KERNEL = "kernel"  #: on the stored weights, before the accumulation ``y = x . W``
     OUTPUT = "output"  #: on the accumulator output ``y``
 
@@ -74,7 +75,7 @@ class EffectParams:
         return value
 
     @classmethod
-    def from_given(cls, given: dict[str, Any]) -> "EffectParams":
+    def from_given(cls, given: dict[str, Any]) -> EffectParams:
         """From the parameters a user gave (an effect may infer implicit ones here)."""
         return cls(**given)
 
@@ -86,16 +87,16 @@ class EffectParams:
 @dataclasses.dataclass
 class OutputContext:
     clean_range: Callable[[], tuple[Any, Any]]  #: calibrated [min, max] at evaluation, the batch's in training
-    normal: Callable[["Effect"], Any]  #: N(0, 1) of the output's shape, seeded for this effect and pass
+    normal: Callable[[Effect], Any]  #: N(0, 1) of the output's shape, seeded for this effect and pass
 
 
 class Effect(abc.ABC):
-    """An effect subclasses :class:`KernelEffect` or :class:`OutputEffect` (which set ``stage``)."""
+    """An effect subclasses :class:`KernelEffect` or :class:`OutputEffect` (which set ``site``, where it acts)."""
 
     name: ClassVar[str]  #: ``--<name>_grid``, ``robust_auc_<name>``
     params: ClassVar[type[EffectParams]]
-    stage: ClassVar[Stage]
-    order: ClassVar[int]  #: position within the stage
+    site: ClassVar[Site]
+    order: ClassVar[int]  #: position within the site
     sampling: ClassVar[Sampling]
     stream: ClassVar[int]  #: offsets the seeds, so effects draw independently (-1: draws nothing)
     formula: ClassVar[str]  #: one line of the documentation table
@@ -112,11 +113,16 @@ class Effect(abc.ABC):
     def uses_clean_range(self, params: EffectParams) -> bool:
         return False  # True: apply_output reads context.clean_range (an evaluation calibrates it)
 
+    def manifest_entry(self, params: EffectParams, clean_range: tuple[float, float]) -> dict[str, Any]:
+        """What the hardware manifest records about this effect on a layer of calibrated clean output
+        range ``clean_range`` (accumulator units), besides its parameters: e.g. bounds in those units."""
+        return {}
+
 
 class KernelEffect(Effect):
     """Acts on the stored weights, before the accumulation."""
 
-    stage = Stage.KERNEL
+    site = Site.KERNEL
     keeps_signs: ClassVar[bool] = False  #: a kernel of +-1 values stays +-1
 
     @abc.abstractmethod
@@ -127,8 +133,9 @@ class KernelEffect(Effect):
         return self.draw(shape, seed)  # or cheaper draws with the same effect on the kernel
 
     @abc.abstractmethod
-    def apply_kernel(self, kernel, draws, levels, kernel_quantizer):
-        """The weights as read: ``kernel`` (after the layer's quantizer) changed by ``draws``."""
+    def apply_kernel(self, kernel, draws, levels, precision):
+        """The weights as read: ``kernel`` (after the layer's quantizer) changed by ``draws``; ``precision``
+        is what a stored weight holds (a :class:`pipeline.hwmodel.quantizers.Precision`, handed in by the layer)."""
 
     def output_variance(self, inputs, kernel, levels, inputs_are_signs: bool, kernel_is_signs: bool):
         """Training, dense layers: the variance of the effect's zero-mean Gaussian output term if
@@ -139,7 +146,7 @@ class KernelEffect(Effect):
 class OutputEffect(Effect):
     """Acts on the accumulator output."""
 
-    stage = Stage.OUTPUT
+    site = Site.OUTPUT
 
     @abc.abstractmethod
     def apply_output(self, outputs, levels, context: OutputContext):
@@ -177,4 +184,4 @@ def standard_normal(shape, seed):
 
 
 __all__ = ["ConfigError", "Curve", "Effect", "EffectParams", "KernelEffect", "OutputContext", "OutputEffect", "Sampling",
-           "SearchRange", "Stage", "select", "standard_normal", "tf", "when"]
+           "SearchRange", "Site", "select", "standard_normal", "tf", "when"]

@@ -1,0 +1,259 @@
+"""Robustness evaluation: accuracy under the hardware model, over Monte-Carlo chips.
+
+Protocol (after IBM aihwkit's: program a chip once, read it many times):
+
+* The model is copied with its targeted layers hardware-aware (:func:`attach_hardware`), and each
+  layer's clean output range is calibrated on the validation split (for relative clipping).
+* One-factor curves, one per effect of the registry (``pipeline/effects``: its grid, every other
+  effect off), each level on ``chips`` chips -- then the ``target`` condition (every effect at the
+  target hardware's levels) on ``target_chips`` chips (default 1,000). Chip ``c`` is a seeded
+  draw of every per-chip effect (the same chip ``c`` at every level, whatever the batching) with
+  seeded, fresh-per-batch per-pass effects. Levels without randomness (pure saturation) are
+  evaluated once: every chip is the same.
+* Per level: mean accuracy over chips with its 95 % interval, std, min, max and 5th percentile,
+  and -- given a specification ``accuracy_spec`` (the test accuracy a chip must reach; the target
+  file's) -- the **yield**, the fraction of chips at or above it, with its 95 % Wilson interval
+  (:mod:`pipeline.evaluation.statistics`).
+* Summaries: ``robust_auc_<effect>`` = mean accuracy over the effect's grid (in [0, 1]),
+  ``robust_acc_target`` (``_low``, ``_high``) and ``robust_yield_target`` (``_low``, ``_high``).
+
+Levels and chips are variables: the whole grid runs through one traced function (no retracing).
+Several chips share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: the chips
+of a level in passes of at most 10 when only dense layers are perturbed, the first one included):
+the table is the same, bit for bit, as one chip per pass; the calls are fewer and larger.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+import pipeline  # noqa: F401
+import tensorflow as tf
+
+from pipeline.config import CHIP_SEED_STRIDE, RobustnessConfig
+from pipeline.learning.data import PreparedData
+from pipeline.effects import EFFECTS, Sampling
+from pipeline.perturbation import PerturbationConfig, curve_point
+from pipeline.evaluation.statistics import estimate_text, mean_interval, yield_estimate
+from pipeline.hwmodel.chips import (
+    Calibration,
+    attach_hardware,
+    calibrate,
+    chips_per_pass,
+    hardware_evaluation,
+    hardware_layers,
+    needs_calibration,
+    model_targets,
+    plain_class,
+    set_condition,
+)
+
+MAX_CHIPS_PER_PASS = 10  #: automatic side by side: at most this many chips per pass (measured fastest: 5-10; memory: P kernels, P x batch activations)
+PROGRESS_CHIPS = 200  #: a condition of at least this many chips reports its progress
+
+
+@dataclass(frozen=True)
+class RobustnessResult:
+    chips: pd.DataFrame  #: one row per (effect, level, chip): accuracy; ``random``: False where every chip is the same
+    curves: pd.DataFrame  #: one row per (effect, level): acc_mean with acc_low..acc_high, acc_std, acc_min, acc_p5, yield..
+    clean_accuracy: float
+    summaries: dict[str, float]
+    traces: int  #: how often an evaluation function was traced at most (1 = no retracing across the grid)
+    seconds: float
+
+    def describe_target(self) -> str:
+        """``target accuracy 86.30% [85.91, 86.69] over 1000 chips, yield at spec 88.00%: 12.3% [10.4, 14.5]``."""
+        summaries = self.summaries
+        text = f"target accuracy {estimate_text(summaries, 'robust_acc_target')} over {summaries['robust_target_chips']:.0f} chips"
+        if "robust_yield_target" in summaries:
+            text += f", yield at spec {100 * summaries['accuracy_spec']:.2f}%: {estimate_text(summaries, 'robust_yield_target', 1)}"
+        return text
+
+
+def conditions(config: RobustnessConfig) -> list[tuple[str, int, float, PerturbationConfig]]:
+    """(effect, level index, level, hardware) for every point of every effect's curve, then the target condition."""
+    points = [(effect.name, index, level, curve_point(effect, level))
+              for effect in EFFECTS for index, level in enumerate(config.grids[effect.name])]
+    return [*points, ("target", 0, 1.0, config.target)]
+
+
+def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: RobustnessConfig, chips: int) -> int:
+    """How many of ``chips`` chips one pass evaluates (``RobustnessConfig.chips_per_pass``; 0 =
+    automatic: all of them, at most :data:`MAX_CHIPS_PER_PASS`, in passes of equal size)."""
+    if config.chips_per_pass:
+        return min(config.chips_per_pass, chips)
+    import larq as lq
+
+    weighted = [layer for layer in model.layers if plain_class(layer) in (lq.layers.QuantDense, lq.layers.QuantConv2D)]
+    perturbed = [layer for layer in weighted if layer.name in targets]
+    dense_only = all(plain_class(layer) is lq.layers.QuantDense for layer in perturbed)
+    if not (perturbed and dense_only and weighted[0] is perturbed[0]):
+        return 1
+    passes = -(-chips // MAX_CHIPS_PER_PASS)
+    return -(-chips // passes)
+
+
+def is_random(levels: PerturbationConfig) -> bool:
+    """Whether any active effect of ``levels`` draws random numbers (else one chip says it all)."""
+    return any(params.active and effect.sampling is not Sampling.DETERMINISTIC for effect, params in levels)
+
+
+class CompiledAccuracy:
+    """Test accuracy of ``model``, compiled once (one trace for any batch size, level and chip).
+
+    A model that evaluates P chips per pass (``chips_per_pass``) gets batches of P equal parts,
+    part k on chip k. :meth:`per_chip` gives every chip every image (each part the same batch of
+    ``batch_size`` images: what that chip alone would see); :meth:`one_chip` shares the images
+    among the parts -- for when every chip computes the same (clean, or a level without
+    randomness), it costs one chip's evaluation, not P.
+    """
+
+    def __init__(self, model: tf.keras.Model, batch_size: int):
+        self.chips = chips_per_pass(model)
+        self.batch_size = batch_size
+        self.traces = 0
+        chips = self.chips
+
+        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
+                                      tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.bool)])
+        def correct(images, labels, stack):
+            """Hits per chip; ``stack``: give every chip all of ``images`` (else they are the parts)."""
+            self.traces += 1  # Python side effect: runs only while tracing
+            if chips > 1:
+                copies = lambda tensor: tf.tile(tensor, [chips] + [1] * (tensor.shape.rank - 1))  # noqa: E731
+                images = tf.cond(stack, lambda: copies(images), lambda: images)
+                labels = tf.cond(stack, lambda: copies(labels), lambda: labels)
+            hits = tf.cast(tf.equal(tf.argmax(model(images, training=False), axis=1), labels), tf.int64)
+            return tf.reduce_sum(tf.reshape(hits, [chips, -1]), axis=1)
+
+        self._correct = correct
+
+    def per_chip(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Accuracy of each chip of the pass on all of ``images``."""
+        hits = np.zeros(self.chips, np.int64)
+        for start in range(0, len(labels), self.batch_size):
+            hits += self._correct(images[start : start + self.batch_size], labels[start : start + self.batch_size], True).numpy()
+        return hits / len(labels)
+
+    def one_chip(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Accuracy on ``images`` when every chip of the pass computes the same."""
+        step = self.batch_size * self.chips
+        hits = 0
+        for start in range(0, len(labels), step):
+            batch, truth = images[start : start + step], labels[start : start + step]
+            if pad := -len(truth) % self.chips:  # equal parts; padded images count for nothing
+                batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
+                truth = np.concatenate([truth, np.full(pad, -1, truth.dtype)])
+            hits += int(self._correct(batch, truth, False).numpy().sum())
+        return hits / len(labels)
+
+
+def evaluate_robustness(
+    model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, progress: Callable[[str], None] | None = print
+) -> RobustnessResult:
+    started = time.perf_counter()
+    targets = model_targets(model, config.target.perturb_layers)
+    images, labels = data.images("test"), data.labels("test")
+    first_chip = config.seed * CHIP_SEED_STRIDE
+    rows, traces, clean, hardware = [], 0, None, None
+    points = conditions(config)
+    for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
+        side_by_side = chips_side_by_side(model, targets, config, chips)
+        if hardware is None or chips_per_pass(hardware) != side_by_side:  # the curves' copy serves the target when it can
+            hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
+            calibrate(hardware, data.images("val"))
+            accuracy = CompiledAccuracy(hardware, config.batch_size)
+        clean = accuracy.one_chip(images, labels) if clean is None else clean
+        with hardware_evaluation(hardware, PerturbationConfig(), chip=first_chip):
+            for effect, index, level, levels in conditions_of_pass:
+                point = {"effect": effect, "level_index": index, "level": level, "random": is_random(levels)}
+                rows += [{**point, "chip": chip, "accuracy": value}
+                         for chip, value in condition_accuracies(hardware, accuracy, levels, chips, first_chip, images, labels,
+                                                                 progress if effect == "target" else None)]
+                if progress and (effect == "target" or index == len(config.grids[effect]) - 1):
+                    done = pd.DataFrame([r for r in rows if r["effect"] == effect]).groupby("level", sort=False)["accuracy"].mean()
+                    progress(f"[robustness] {effect:<10} " + "  ".join(f"{lvl:g}:{100 * acc:.1f}%" for lvl, acc in done.items()))
+        traces = max(traces, accuracy.traces)
+    chips = pd.DataFrame(rows)
+    curves = summarize(chips, config.accuracy_spec)
+    return RobustnessResult(chips, curves, clean, summaries(curves, config.accuracy_spec), traces, time.perf_counter() - started)
+
+
+def condition_accuracies(hardware: tf.keras.Model, accuracy: CompiledAccuracy, levels: PerturbationConfig, chips: int,
+                         first_chip: int, images: np.ndarray, labels: np.ndarray,
+                         progress: Callable[[str], None] | None = None) -> list[tuple[int, float]]:
+    """(chip, accuracy) of ``chips`` chips at ``levels`` (one chip when nothing is random: they are all the same)."""
+    if not is_random(levels):
+        set_condition(hardware, levels, first_chip)
+        return [(0, accuracy.one_chip(images, labels))]
+    found, reported, started = [], 0, time.perf_counter()
+    for start in range(0, chips, accuracy.chips):
+        set_condition(hardware, levels, first_chip + start)  # programs the pass's chips once
+        found += list(enumerate(map(float, accuracy.per_chip(images, labels)[: chips - start]), start=start))
+        if progress and chips >= PROGRESS_CHIPS and len(found) >= (reported + 1) * chips // 4 and len(found) < chips:
+            reported = 4 * len(found) // chips
+            progress(f"[robustness] target: {len(found)}/{chips} chips, {time.perf_counter() - started:.0f} s")
+    return found
+
+
+def summarize(chips: pd.DataFrame, accuracy_spec: float | None) -> pd.DataFrame:
+    """Per condition: accuracy statistics over chips, the mean's 95 % interval, and (with a spec)
+    the yield with its 95 % Wilson interval (``pipeline.evaluation.statistics``; exact where nothing is random)."""
+    records = []
+    for (effect, index, level), group in chips.groupby(["effect", "level_index", "level"], sort=False):
+        values, exact = group["accuracy"].to_numpy(), not bool(group["random"].iloc[0])
+        low, high = mean_interval(values, exact)
+        record = {"effect": effect, "level_index": index, "level": level, "acc_mean": float(values.mean()),
+                  "acc_low": low, "acc_high": high, "acc_std": float(np.std(values)), "acc_min": float(values.min()),
+                  "acc_max": float(values.max()), "acc_p5": float(np.percentile(values, 5)), "chips": len(values)}
+        if accuracy_spec is not None:
+            record["yield"], record["yield_low"], record["yield_high"] = yield_estimate(values, accuracy_spec, exact)
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def summaries(curves: pd.DataFrame, accuracy_spec: float | None) -> dict[str, float]:
+    result = {f"robust_auc_{effect.name}": float(curves.loc[curves.effect == effect.name, "acc_mean"].mean()) for effect in EFFECTS}
+    target = curves.loc[curves.effect == "target"].iloc[0]
+    result.update({"robust_acc_target": float(target["acc_mean"]), "robust_acc_target_low": float(target["acc_low"]),
+                   "robust_acc_target_high": float(target["acc_high"]), "robust_target_chips": float(target["chips"])})
+    if accuracy_spec is not None:
+        result.update({"robust_yield_target": float(target["yield"]), "robust_yield_target_low": float(target["yield_low"]),
+                       "robust_yield_target_high": float(target["yield_high"]), "accuracy_spec": accuracy_spec})
+    return result
+
+
+class TargetValidation(tf.keras.callbacks.Callback):
+    """Adds ``val_target_accuracy`` to each epoch's logs: validation accuracy on one seeded chip of
+    the target hardware, measured on the model being trained (its layers must be the target's).
+
+    A sweep prunes on it, so a trial is judged by what it is optimized for -- robustness -- and
+    not by its clean accuracy, which perturbation-aware training deliberately trades away.
+    """
+
+    def __init__(self, data: PreparedData, target: PerturbationConfig, chip: int = 0, batch_size: int = 1024):
+        super().__init__()
+        self.images, self.labels = data.images("val"), data.labels("val")
+        self.target, self.chip, self.batch_size = target, chip, batch_size
+        self.accuracy = self.calibration = None
+
+    def on_train_begin(self, logs=None):
+        names = {layer.name for layer in hardware_layers(self.model)}
+        if names != set(model_targets(self.model, self.target.perturb_layers)):
+            raise ValueError(f"TargetValidation needs the trained model's hardware-aware layers {sorted(names)} to be "
+                             f"the target's ({self.target.perturb_layers})")
+        self.accuracy = CompiledAccuracy(self.model, self.batch_size)
+        self.calibration = Calibration(self.model, self.batch_size) if needs_calibration(self.target) else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.calibration is not None:  # the clean range moves as the model learns
+            self.calibration(self.images)
+        with hardware_evaluation(self.model, self.target, chip=self.chip):
+            accuracy = self.accuracy.one_chip(self.images, self.labels)
+        if logs is not None:
+            logs["val_target_accuracy"] = accuracy

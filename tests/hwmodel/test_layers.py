@@ -1,0 +1,235 @@
+"""The hardware-aware layers and the effect registry: one forward path, every effect at once.
+
+Each effect's formula is tested in its own file (``test_effect_<module>.py``); here the mechanism
+they share: the ideal chip, chips side by side, save / load, the configuration, the registry."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.cli import field_help
+from pipeline.config import ModelConfig
+from pipeline.effects import EFFECTS, PARAMETERS, Sampling, Site, markdown_table
+from pipeline.effects.base import KernelEffect, OutputEffect, standard_normal
+from pipeline.perturbation import PerturbationConfig, load_target
+from pipeline.hwmodel.chips import (
+    attach_hardware,
+    calibrate,
+    hardware_evaluation,
+    hardware_layers,
+    set_condition,
+    strip_hardware,
+)
+from pipeline.hwmodel.layers import HardwareAwareQuantDense
+from pipeline.learning.models import build_model
+from pipeline.validation import ConfigError
+
+from conftest import PROJECT_ROOT
+from layer_probes import IMAGES, every_effect, hardware_model
+
+
+# --------------------------------------------------------------------------- ideal chip
+
+
+@pytest.mark.parametrize("bits, arch", [(32, "mlp"), (1, "mlp"), (4, "mlp"), (1, "cnn")])
+def test_zero_perturbation_is_the_plain_model_bit_for_bit(bits, arch):
+    tf.keras.utils.set_random_seed(3)
+    config = ModelConfig(arch=arch, bits=bits, hidden_units=(32, 32))
+    plain = build_model(config)
+    hardware = attach_hardware(plain, PerturbationConfig(), config.quantized_layer_names)
+    assert len(hardware_layers(hardware)) == len(config.quantized_layer_names)
+    expected = plain(IMAGES[:64], training=False).numpy()
+    np.testing.assert_array_equal(hardware(IMAGES[:64], training=False).numpy(), expected)
+    with hardware_evaluation(hardware, PerturbationConfig(), chip=7):
+        np.testing.assert_array_equal(hardware(IMAGES[:64], training=False).numpy(), expected)
+    # Outside an evaluation setting, even non-zero training levels stay off at inference.
+    noisy = attach_hardware(plain, every_effect(), config.quantized_layer_names)
+    np.testing.assert_array_equal(noisy(IMAGES[:64], training=False).numpy(), expected)
+    np.testing.assert_array_equal(strip_hardware(noisy)(IMAGES[:64], training=False).numpy(), expected)
+
+
+# --------------------------------------------------------------------------- chips side by side
+
+
+@pytest.mark.parametrize("arch, bits", [("mlp", 1), ("mlp", 32), ("mlp", 2), ("cnn", 1)])
+def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch, bits):
+    """P chips in one pass (part k of the batch on chip k; dense layers: one batched matmul) give
+    exactly what each chip gives alone, with every effect of the registry on: the same per-chip
+    draws, the same noise per pass, the same saturation and ADC -- also with float and k-bit sums."""
+    tf.keras.utils.set_random_seed(5)
+    config = ModelConfig(arch=arch, bits=bits, hidden_units=(48, 32))
+    plain = build_model(config)
+    first = every_effect(out_bits=4, perturb_layers="all")
+    second = first.replace(**{effect.curve.parameter: effect.curve.grid[-2] for effect in EFFECTS})  # new levels, same draws
+    targets = first.targets(config)
+    alone = attach_hardware(plain, PerturbationConfig(), targets)
+    side_by_side = attach_hardware(plain, PerturbationConfig(), targets, chips_per_pass=3)
+    assert calibrate(side_by_side, IMAGES[:128]) == calibrate(alone, IMAGES[:128])
+    chips, batches = [11, 4, 7], [IMAGES[:40], IMAGES[40:64]]  # two passes per level: fresh noise per pass
+
+    def outputs(model, chip, copies):
+        results = []
+        with hardware_evaluation(model, first, chip=chip):
+            for level in (first, second):
+                set_condition(model, level)
+                results += [model(np.concatenate([batch] * copies), training=False).numpy() for batch in batches]
+        return results
+
+    together = outputs(side_by_side, chips, 3)
+    for index, chip in enumerate(chips):
+        for batch, joint, own in zip(batches * 2, together, outputs(alone, chip, 1)):
+            np.testing.assert_array_equal(joint[index * len(batch) : (index + 1) * len(batch)], own)
+    assert not np.array_equal(together[0][:40], together[0][40:80])  # the parts are different chips
+
+
+def test_chips_of_a_pass_are_named_and_checked():
+    plain = build_model(ModelConfig(bits=1, hidden_units=(16,)))
+    model = attach_hardware(plain, PerturbationConfig(), ("dense_1",), chips_per_pass=2)
+    with hardware_evaluation(model, PerturbationConfig(weight_dev_pct=10), chip=5):
+        assert model.get_layer("dense_1").hardware_state.chips.numpy().tolist() == [5, 6]  # the first and the next
+        with pytest.raises(ValueError, match=r"^chip: .* evaluates 2 chip\(s\) per pass"):
+            set_condition(model, chip=[1, 2, 3])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="chips_per_pass"):
+            attach_hardware(plain, PerturbationConfig(), ("dense_1",), chips_per_pass=bad)
+
+
+# --------------------------------------------------------------------------- serialization
+
+
+def test_hardware_layers_round_trip_config_and_files(tmp_path):
+    config = every_effect(clip_mode="absolute", clip_min=-64, clip_max=63, clip_fraction=1.0, out_bits=6)
+    model = hardware_model(bits=1, config=config)
+    layer = model.get_layer("dense_1")
+    copy = HardwareAwareQuantDense.from_config(layer.get_config())
+    assert copy.hardware == layer.hardware == PerturbationConfig(**config.levels())
+    assert copy.get_config()["hardware"] == config.levels()  # every effect's parameters, by name
+    model.save(tmp_path / "m.keras")
+    reloaded = tf.keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(reloaded.get_layer("dense_1"), HardwareAwareQuantDense)
+    assert reloaded.get_layer("dense_1").hardware == layer.hardware
+    np.testing.assert_array_equal(reloaded(IMAGES[:16]).numpy(), model(IMAGES[:16]).numpy())
+    with hardware_evaluation(model, config, chip=3), hardware_evaluation(reloaded, config, chip=3):
+        np.testing.assert_array_equal(reloaded(IMAGES[:16]).numpy(), model(IMAGES[:16]).numpy())
+
+
+def test_run_time_levels_are_not_weights():
+    plain = build_model(ModelConfig(bits=1, hidden_units=(32,)))
+    hardware = attach_hardware(plain, every_effect(), ("dense_1",))
+    assert [w.shape for w in hardware.weights] == [w.shape for w in plain.weights]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_unknown_hardware_parameters_are_named_with_the_known_ones():
+    with pytest.raises(ConfigError, match=r"^voltage: unknown key\(s\) voltage; known: .*noise_sigma.*perturb_layers") as raised:
+        PerturbationConfig(voltage=3)
+    assert raised.value.parameter == "voltage"
+    with pytest.raises(ConfigError) as raised:
+        PerturbationConfig(perturb_layers="")
+    assert raised.value.parameter == "perturb_layers"
+
+
+def test_every_parameter_is_an_attribute_and_round_trips():
+    config = every_effect(perturb_layers="dense")
+    assert set(config.levels()) == set(PARAMETERS)
+    for name, value in config.levels().items():
+        assert getattr(config, name) == value or getattr(config, name).value == value
+    assert PerturbationConfig(**config.levels(), perturb_layers="dense") == config
+    assert hash(config.replace()) == hash(config) and config.replace(perturb_layers="all") != config
+    import pickle
+
+    assert pickle.loads(pickle.dumps(config)) == config
+    with pytest.raises(AttributeError, match="frozen"):
+        config.noise_sigma = 1.0
+
+
+def test_layer_selection():
+    mlp, cnn = ModelConfig(hidden_units=(8, 8, 8)), ModelConfig(arch="cnn")
+    assert PerturbationConfig().targets(mlp) == ("dense_1", "dense_2", "dense_3")
+    assert PerturbationConfig(perturb_layers="dense").targets(mlp)[-1] == "dense_out"
+    assert PerturbationConfig().targets(cnn) == ("dense_1",)
+    assert PerturbationConfig(perturb_layers="all").targets(cnn) == ("conv_1", "conv_2", "conv_3", "dense_1", "dense_out")
+    assert PerturbationConfig(perturb_layers="conv_2, dense_out").targets(cnn) == ("conv_2", "dense_out")
+    with pytest.raises(ConfigError, match="perturb_layers: unknown layer.*conv_9"):
+        PerturbationConfig(perturb_layers="conv_9").targets(cnn)
+
+
+def test_labels():
+    assert PerturbationConfig.from_text(noise_sigma="0.3", weight_dev_pct="20", clip_min="-128", clip_max="127").label == \
+        "d20-s0.30-c[-128,127]"
+    assert PerturbationConfig.from_text(noise_sigma="0").label == "ideal"
+    assert every_effect().label.count("-") == len(EFFECTS) - 1  # one part per active effect
+
+
+def test_target_hardware_file(tmp_path):
+    target, accuracy_spec = load_target("sweeps/target_hardware.yaml")
+    assert target.noise_sigma > 0 and target.weight_dev_pct > 0 and target.clip_mode.value == "relative"
+    assert 0 < accuracy_spec < 1
+    (tmp_path / "bad.yaml").write_text("noise_sigma: 0.1\nvoltage: 3\n")
+    with pytest.raises(ConfigError, match="target: .*bad.yaml: unknown key.*voltage; known: .*noise_sigma"):
+        load_target(tmp_path / "bad.yaml")
+    (tmp_path / "neg.yaml").write_text("weight_dev_pct: -3\n")
+    with pytest.raises(ConfigError, match="weight_dev_pct"):
+        load_target(tmp_path / "neg.yaml")
+    (tmp_path / "spec.yaml").write_text("weight_dev_pct: 3\naccuracy_spec: 1.5\n")
+    with pytest.raises(ConfigError, match="target: accuracy_spec: must be in"):
+        load_target(tmp_path / "spec.yaml")
+
+
+def test_standard_normal_is_a_reproducible_standard_gaussian():
+    seed = tf.constant([3, 4], tf.int64)
+    sample = standard_normal([301, 333], seed).numpy()  # odd size: the last Box-Muller pair is cut
+    assert sample.shape == (301, 333) and np.all(np.isfinite(sample))
+    np.testing.assert_array_equal(sample, standard_normal([301, 333], seed).numpy())
+    assert not np.array_equal(sample, standard_normal([301, 333], seed + 1).numpy())
+    n = sample.size
+    assert abs(sample.mean()) < 4 / np.sqrt(n) and abs(sample.std() - 1) < 4 / np.sqrt(2 * n)
+    from scipy import stats
+
+    assert stats.kstest(sample.ravel(), "norm").pvalue > 1e-3
+    assert abs(stats.kurtosis(sample.ravel())) < 4 * np.sqrt(24 / n)
+    # the two halves (cosine and sine of the same pairs) are independent
+    flat = sample.ravel()
+    half = (n + 1) // 2
+    assert abs(np.corrcoef(flat[: n - half], flat[half:])[0, 1]) < 4 / np.sqrt(half)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_effects_are_ordered_kernel_then_output_and_declare_everything():
+    sites = [effect.site for effect in EFFECTS]
+    assert sites == sorted(sites, key=[Site.KERNEL, Site.OUTPUT].index)
+    for effect in EFFECTS:
+        assert effect.curve.parameter in effect.params.field_names()
+        assert effect.curve.label and effect.formula
+        helps = field_help(effect.params)  # every parameter documented: the command line's help text
+        assert set(helps) == set(effect.params.field_names()) and all(len(text) > 20 for text in helps.values())
+        assert isinstance(effect.sampling, Sampling)
+        ideal = PerturbationConfig().params(effect)
+        assert not ideal.active  # every effect is off by default: the ideal chip
+
+
+def test_an_effect_without_its_stage_methods_cannot_be_registered():
+    class HalfKernel(KernelEffect):  # draws, but never says what the draws do to the kernel
+        def run_levels(self, params):
+            return {"strength": 0.0}
+
+        def draw(self, shape, seed):
+            return tf.zeros(shape)
+
+    class Silent(OutputEffect):
+        def run_levels(self, params):
+            return {"strength": 0.0}
+
+    for incomplete, missing in ((HalfKernel, "apply_kernel"), (Silent, "apply_output")):
+        with pytest.raises(TypeError, match=missing):
+            incomplete()
+
+
+def test_documented_hardware_table_is_the_registry():
+    """docs/hardware-model.md's table is generated from the registry (``python -m pipeline.effects``): they cannot drift."""
+    page = (PROJECT_ROOT / "docs" / "hardware-model.md").read_text()
+    assert markdown_table() in page
