@@ -157,19 +157,23 @@ class HardwareAwareMixin:
     def _training_accumulate(self, quantized, levels, calls):
         """Fresh draws of the active kernel effects, then accumulate; the last one stays pending at the
         outputs where exact (a dense layer on flat inputs)."""
-        kernel, signs = self.quantized_kernel(), kernel_precision(self).sign
         active = [effect for effect in KERNEL_EFFECTS if effect.is_on(levels[effect.name])]
-        for effect in active:
-            if effect is active[-1] and self.is_dense_on_flat(quantized):
-                variance = effect.output_variance(quantized, kernel, levels[effect.name],
-                                                  input_precision(self).sign, signs)
-                if variance is not None:
-                    return self._accumulate(quantized, kernel), (variance, effect)
-            seed = self.hardware_state.seed(self.hardware_state.train_seed, effect, calls)
-            draws = effect.training_draw(tuple(kernel.shape), seed, levels[effect.name])
-            kernel = effect.apply_kernel(kernel, draws, levels[effect.name], kernel_precision(self))
-            signs = signs and effect.keeps_signs
+        effect_levels = [levels[effect.name] for effect in active]
+        if not active or not self.is_dense_on_flat(quantized):
+            return self._accumulate(quantized, self._read_kernel(active, self._training_draws(active, levels, calls), effect_levels)), None
+        *before, last = active
+        kernel = self._read_kernel(before, self._training_draws(before, levels, calls), effect_levels[:-1])
+        signs = kernel_precision(self).sign and all(effect.keeps_signs for effect in before)
+        variance = last.output_variance(quantized, kernel, levels[last.name], input_precision(self).sign, signs)
+        if variance is not None:
+            return self._accumulate(quantized, kernel), (variance, last)
+        kernel = self._read_kernel([last], self._training_draws([last], levels, calls), effect_levels[-1:], kernel)
         return self._accumulate(quantized, kernel), None
+
+    def _training_draws(self, effects, levels, calls) -> list:
+        state = self.hardware_state
+        return [effect.training_draw(tuple(self.kernel.shape), state.seed(state.train_seed, effect, calls), levels[effect.name])
+                for effect in effects]
 
     def program(self) -> None:
         """Program the chips: their kernels after every active kernel effect, once, eagerly (compiled
@@ -186,10 +190,13 @@ class HardwareAwareMixin:
         levels = tuple({key: tf.constant(value, tf.float32) for key, value in static[e].items()} for e in active)
         state.chip_kernels.assign(state.programmers[active](tuple(state.draws(e) for e in active), levels))
 
-    def _read_kernel(self, effects, draws, levels):
-        kernel = self.quantized_kernel()
+    def _read_kernel(self, effects, draws, levels, kernel=None):
+        """The kernel as read: ``kernel`` (default ``W_q``) after each of ``effects`` with its draws and
+        levels, in order -- the one loop of training steps and programmed chips."""
+        kernel = self.quantized_kernel() if kernel is None else kernel
+        precision = kernel_precision(self)
         for effect, effect_draws, effect_levels in zip(effects, draws, levels):
-            kernel = effect.apply_kernel(kernel, effect_draws, effect_levels, kernel_precision(self))
+            kernel = effect.apply_kernel(kernel, effect_draws, effect_levels, precision)
         return kernel
 
     def quantized_kernel(self):
