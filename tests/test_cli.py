@@ -89,7 +89,8 @@ def test_bad_input_through_mlflow_run_leaves_a_failed_run(tracking_store, params
 
 
 def test_training_levels_default_to_the_target_on_the_given_layers():
-    from pipeline.cli import build_parser, hardware_configs, qat_model_config
+    from pipeline.cli import build_parser
+    from pipeline.cli.arguments import hardware_configs, qat_model_config
 
     def levels(*argv):
         args = build_parser().parse_args(["main", *argv])
@@ -105,7 +106,8 @@ def test_training_levels_default_to_the_target_on_the_given_layers():
 
 
 def test_the_accuracy_spec_comes_from_the_target_file_unless_given(tmp_path):
-    from pipeline.cli import build_parser, robustness_config
+    from pipeline.cli import build_parser
+    from pipeline.cli.arguments import robustness_config
 
     def spec(*argv):
         return robustness_config(build_parser().parse_args(["qat", *argv])).accuracy_spec

@@ -5,7 +5,7 @@ An effect (a :class:`KernelEffect` or :class:`OutputEffect` subclass) declares i
 validated on construction, with ``active`` and ``label()``), where it acts (the base class and
 ``order``), when it is sampled (``sampling``), what it does (``draw`` + ``apply_kernel``, or
 ``apply_output``), its robustness ``curve`` and its sweep ``search``.
-Its run-time ``levels`` are Python numbers in training (static: an effect that is off costs nothing)
+Its run-time ``levels`` (numbers, and modes as booleans) are Python values in training (static: an effect that is off costs nothing)
 and ``tf.Variable`` s at evaluation (a new level neither rebuilds nor retraces). ``tf`` is imported
 on first use, so validating a configuration stays instant.
 """
@@ -104,8 +104,9 @@ class Effect(abc.ABC):
     search: ClassVar[Mapping[str, Any]]  #: the sweep's defaults: SearchRange s or fixed values
 
     @abc.abstractmethod
-    def run_levels(self, params: EffectParams) -> dict[str, float]:
-        """The numbers a layer keeps in variables; the first is the strength (0: off)."""
+    def run_levels(self, params: EffectParams) -> dict[str, float | bool]:
+        """The values a layer keeps in variables: numbers (the first is the strength, 0: off) and modes
+        as booleans (``tf.bool`` variables at evaluation), never numbers standing for modes."""
 
     def is_on(self, levels):
         return next(iter(levels.values())) > 0  # a Python bool, or a boolean tensor for variables

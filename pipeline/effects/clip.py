@@ -84,9 +84,9 @@ class Clip(OutputEffect):
                   stronger_when_smaller=True, fixed={"clip_mode": ClipMode.RELATIVE.value})
     search = {"clip_fraction": SearchRange(0.2, 1.0)}
 
-    def run_levels(self, params: ClipParams) -> dict[str, float]:
+    def run_levels(self, params: ClipParams) -> dict[str, float | bool]:
         absolute = params.clip_mode is ClipMode.ABSOLUTE
-        return {"on": float(params.active), "relative": float(params.clip_mode is ClipMode.RELATIVE),
+        return {"on": float(params.active), "relative": params.clip_mode is ClipMode.RELATIVE,
                 "lo": params.clip_min if absolute else float("-inf"), "hi": params.clip_max if absolute else float("inf"),
                 "fraction": params.clip_fraction, "adc_levels": float(2**params.out_bits) if params.out_bits else 0.0}
 
@@ -103,7 +103,7 @@ class Clip(OutputEffect):
         return {"bounds": [lo, hi], "adc": adc}
 
     def apply_output(self, outputs, levels, context):
-        lo, hi, relative = levels["lo"], levels["hi"], levels["relative"] > 0.5
+        lo, hi, relative = levels["lo"], levels["hi"], levels["relative"]
         if relative is not False:
             clean_lo, clean_hi = context.clean_range()
             lo, hi = select(relative, levels["fraction"] * clean_lo, lo), select(relative, levels["fraction"] * clean_hi, hi)

@@ -48,12 +48,12 @@ class Noise(OutputEffect):
     curve = Curve("noise_sigma", (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), "output noise sigma (x RMS of clean output)")
     search = {"noise_sigma": SearchRange(0.0, 0.8), "noise_mode": NoiseMode.RELATIVE.value}
 
-    def run_levels(self, params: NoiseParams) -> dict[str, float]:
-        return {"sigma": params.noise_sigma, "relative": float(params.noise_mode is NoiseMode.RELATIVE)}
+    def run_levels(self, params: NoiseParams) -> dict[str, float | bool]:
+        return {"sigma": params.noise_sigma, "relative": params.noise_mode is NoiseMode.RELATIVE}
 
     def apply_output(self, outputs, levels, context):
-        noise, relative = context.normal(self), levels["relative"] > 0.5
-        if relative is False:
+        noise, relative = context.normal(self), levels["relative"]
+        if relative is False:  # decided in training: no RMS to compute
             return outputs + levels["sigma"] * noise
         axes = list(range(1, outputs.shape.rank))
         rms = tf.sqrt(tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=axes, keepdims=True))
@@ -62,7 +62,7 @@ class Noise(OutputEffect):
     def gaussian_variance(self, outputs, variance, levels):
         """``(sigma * s)^2``; with a pending ``variance`` (process variation at the outputs), ``s^2`` is the
         output's mean square in expectation over it, ``mean(y^2 + variance)``."""
-        if levels["relative"] <= 0.5:
+        if not levels["relative"]:
             return levels["sigma"] ** 2
         axes = list(range(1, outputs.shape.rank))
         return levels["sigma"] ** 2 * tf.reduce_mean(tf.stop_gradient(tf.square(outputs) + variance), axis=axes, keepdims=True)

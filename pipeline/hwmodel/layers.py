@@ -44,7 +44,8 @@ class HardwareState:
     def __init__(self, name: str, kernel_shape: tuple[int, ...], chips_per_pass: int):
         variable = lambda value, dtype=tf.float32: tf.Variable(value, dtype=dtype, trainable=False)  # noqa: E731
         self.salt, self.kernel_shape = zlib.crc32(name.encode()), kernel_shape  # the salt: independent draws per layer
-        self.levels = {e.name: {key: variable(value) for key, value in e.run_levels(e.params()).items()} for e in EFFECTS}
+        self.levels = {e.name: {key: variable(value, tf.bool if isinstance(value, bool) else tf.float32)
+                                for key, value in e.run_levels(e.params()).items()} for e in EFFECTS}
         self.calibrated_lo, self.calibrated_hi = variable(-np.inf), variable(np.inf)  # clean output range
         self.evaluating, self.programmed = variable(False, tf.bool), variable(False, tf.bool)  # programmed: read chip_kernels
         self.chips, self.train_seed = variable(tf.zeros([chips_per_pass], tf.int64), tf.int64), variable(0, tf.int64)
@@ -57,8 +58,8 @@ class HardwareState:
             for key, value in effect.run_levels(params).items():
                 self.levels[effect.name][key].assign(value)
 
-    def static_levels(self, effect: Effect) -> dict[str, float]:
-        return {key: float(value.numpy()) for key, value in self.levels[effect.name].items()}
+    def static_levels(self, effect: Effect) -> dict[str, float | bool]:
+        return {key: value.numpy().item() for key, value in self.levels[effect.name].items()}
 
     def seed_base(self, base, effect: Effect):
         """The chip (or training) seed ``base`` mixed with this layer and ``effect``: a Python int or an int64 tensor."""
@@ -187,7 +188,7 @@ class HardwareAwareMixin:
         if active not in state.programmers:
             state.programmers[active] = tf.function(lambda draws, levels: tf.broadcast_to(
                 self._read_kernel(active, draws, levels), state.chip_kernels.shape))
-        levels = tuple({key: tf.constant(value, tf.float32) for key, value in static[e].items()} for e in active)
+        levels = tuple({key: tf.constant(value, tf.bool if isinstance(value, bool) else tf.float32) for key, value in static[e].items()} for e in active)
         state.chip_kernels.assign(state.programmers[active](tuple(state.draws(e) for e in active), levels))
 
     def _read_kernel(self, effects, draws, levels, kernel=None):

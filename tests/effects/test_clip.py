@@ -59,7 +59,7 @@ def test_saturation_gradient_is_one_inside_zero_outside():
 
 def saturation_levels(lo, hi, adc_levels, as_variables):
     """Run-time levels of absolute saturation: Python numbers (training) or variables (evaluation)."""
-    levels = {"on": 1.0, "relative": 0.0, "lo": lo, "hi": hi, "fraction": 1.0, "adc_levels": adc_levels}
+    levels = {"on": 1.0, "relative": False, "lo": lo, "hi": hi, "fraction": 1.0, "adc_levels": adc_levels}
     return {key: tf.Variable(value) for key, value in levels.items()} if as_variables else levels
 
 

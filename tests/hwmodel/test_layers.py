@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import field_help
+from pipeline.cli.arguments import field_help
 from pipeline.config import ModelConfig
 from pipeline.effects import EFFECTS, PARAMETERS, Sampling, Site, markdown_table
 from pipeline.effects.base import KernelEffect, OutputEffect, standard_normal
