@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pipeline  # noqa: F401
 import optuna
@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from optuna_integration import TFKerasPruningCallback
 
 from pipeline.app import stages, tracking
+from pipeline.app.compare import ModelRow
 from pipeline.config import ConfigError, DataConfig, ModelConfig, RobustnessConfig, TrainConfig, flatten
 from pipeline.learning.data import PreparedData
 from pipeline.evaluation.robustness import TargetValidation
@@ -173,7 +174,7 @@ def make_objective(space: SearchSpace, objective: Objective, get_data: Callable,
     return run_trial
 
 
-def objective_values(objective: Objective, row: dict, target_chips: int) -> float | tuple[float, float]:
+def objective_values(objective: Objective, row: ModelRow | Mapping[str, float], target_chips: int) -> float | tuple[float, float]:
     """What a trial scores. ``yield``: the target yield plus the target accuracy / (2 x chips), which
     breaks ties between equal yields (k / chips) without ever reordering different ones."""
     if objective is Objective.TARGET:
