@@ -370,7 +370,17 @@ def log_model(model: tf.keras.Model, sample_images: np.ndarray) -> str:
     return info.model_uri
 
 
+#: where the registered Keras objects lived when earlier runs logged their models: MLflow pickles the
+#: global custom objects by module path, so those models load only with these names importable
+LOGGED_MODULES = {"pipeline.layers": "pipeline.hwmodel.layers", "pipeline.export": "pipeline.deploy.export"}
+
+
 def load_model(model_uri: str) -> tf.keras.Model:
+    """A logged model, also one logged before the modules moved (:data:`LOGGED_MODULES`)."""
+    import importlib
+
+    for old, new in LOGGED_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
     return mlflow.tensorflow.load_model(model_uri)
 
 
