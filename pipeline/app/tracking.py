@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import mlflow
 import numpy as np
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 import pipeline  # noqa: F401
@@ -95,13 +96,27 @@ def stage_run(stage: str, run_name: str, description: str, tags: Mapping[str, st
         yield run.info.run_id
     except BaseException as error:
         status = run_status_for(error)
-        with contextlib.suppress(Exception):  # the store may be the thing that failed
-            mlflow.set_tags({"outcome": status.lower(), "failure": f"{type(error).__name__}: {error}"[:4000]})
+        tag_failure(run.info.run_id, status, error)
         with contextlib.suppress(Exception):  # end_run pops the run first: the stack stays right even if this fails
             mlflow.end_run(status=status)
         raise
     mlflow.set_tag("outcome", "finished")
     mlflow.end_run()
+
+
+def tag_failure(run_id: str, status: str, error: BaseException, attempts: int = 3) -> None:
+    """Tags ``outcome`` and ``failure`` on a run that ends with ``error``. An interruption can land in the
+    middle of a request to the store and leave that connection unusable, so a failed write is tried
+    again; the store may also be the thing that failed: then a warning says so and the run goes on ending."""
+    tags = {"outcome": status.lower(), "failure": f"{type(error).__name__}: {error}"[:4000]}
+    for attempt in range(attempts):
+        try:
+            MlflowClient().log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+            return
+        except Exception as failure:
+            last = failure
+            time.sleep(0.2 * (attempt + 1))
+    print(f"WARNING: could not tag run {run_id} as {status.lower()} ({str(last).splitlines()[0][:200]})", file=sys.stderr, flush=True)
 
 
 def run_status_for(error: BaseException) -> str:
@@ -134,7 +149,7 @@ def log_tags(tags: Mapping[str, object]) -> None:
 
 def log_to_run(run_id: str, metrics: Mapping[str, float], tags: Mapping[str, object]) -> None:
     """Metrics and tags on a given run (active or not: the deployment of a sweep's best trial)."""
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import Metric
 
     timestamp = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
