@@ -47,7 +47,7 @@ TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fi
            "target_yield_s": 10.0, "pruning_signal": 0.10}
 BATCH = 64  #: training batch of the step benchmark (the default batch size)
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
-ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.levels()[effect.curve.parameter]) for effect in EFFECTS}
+ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.parameters()[effect.curve.parameter]) for effect in EFFECTS}
 
 
 def train_step_runner(model, images, labels, steps_per_round: int = 10):
@@ -91,13 +91,13 @@ def training_draws(model) -> list[tuple[str, Effect, tuple[int, ...], bool, dict
 
 
 def training_draws_of(layer) -> list[tuple[Effect, tuple[int, ...], bool, dict]]:
-    active = [effect for effect, params in layer.hardware if params.active and effect.sampling is not Sampling.DETERMINISTIC]
+    active = [effect for effect, params in layer.perturbation if params.active and effect.sampling is not Sampling.DETERMINISTIC]
     kernel_effects = [effect for effect in active if effect in KERNEL_EFFECTS]
     draws = []
     for effect in active:
         at_outputs = draws_at_outputs(effect, layer, kernel_effects)
         shape = (BATCH, *layer.output_shape[1:]) if at_outputs else tuple(layer.kernel.shape)
-        draws.append((effect, shape, at_outputs, effect.run_levels(layer.hardware.params(effect))))
+        draws.append((effect, shape, at_outputs, effect.run_levels(layer.perturbation.params(effect))))
     return draws
 
 
@@ -175,17 +175,17 @@ def robustness_throughput(data, quick: bool) -> dict:
                                      for k, effect in enumerate(EFFECTS)}) for index in range(repeats * 3)]
     result = {"images": len(labels), "clean_evaluate_images_per_s": len(labels) / clean_seconds}
     for chips in (1, 5):
-        hardware = attach_hardware(model, PerturbationConfig(), model_targets(model, "hidden"), chips_per_pass=chips)
-        calibrate(hardware, data.images("val"))
-        accuracy = CompiledAccuracy(hardware, 1024)
+        chip_model = attach_hardware(model, PerturbationConfig(), model_targets(model, "hidden"), chips_per_pass=chips)
+        calibrate(chip_model, data.images("val"))
+        accuracy = CompiledAccuracy(chip_model, 1024)
         perturbed, programming = [], []
-        with hardware_evaluation(hardware, ALL_EFFECTS, chip=0):
+        with hardware_evaluation(chip_model, ALL_EFFECTS, chip=0):
             accuracy.per_chip(images, labels)  # warm-up (the one trace)
             for index, level in enumerate(levels):
                 # one chip per pass: a new chip every pass (as in the evaluation loop); side by side:
                 # the level's chips stay programmed, only the level changes
                 started = time.perf_counter()
-                set_condition(hardware, level, chip=index if chips == 1 else 0)
+                set_condition(chip_model, level, chip=index if chips == 1 else 0)
                 programmed = time.perf_counter()
                 accuracy.per_chip(images, labels)
                 perturbed.append(time.perf_counter() - started)
@@ -217,19 +217,19 @@ def target_yield_evaluation(data, quick: bool) -> dict:
     config = RobustnessConfig(target=target, target_chips=chips, accuracy_spec=accuracy_spec)
     targets = model_targets(model, target.perturb_layers)
     per_pass = chips_side_by_side(model, targets, config, chips)
-    hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=per_pass)
-    calibrate(hardware, data.images("val"))
+    chip_model = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=per_pass)
+    calibrate(chip_model, data.images("val"))
     images, labels = data.images("test"), data.labels("test")
-    accuracy = CompiledAccuracy(hardware, config.batch_size)
-    with hardware_evaluation(hardware, target, chip=0):
+    accuracy = CompiledAccuracy(chip_model, config.batch_size)
+    with hardware_evaluation(chip_model, target, chip=0):
         accuracy.per_chip(images, labels)  # warm-up: the one trace
         started = time.perf_counter()
-        found = condition_accuracies(hardware, accuracy, target, chips, 0, images, labels)
+        found = condition_accuracies(chip_model, accuracy, target, chips, 0, images, labels)
         seconds = time.perf_counter() - started
     dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
     flops_per_chip = sum(2 * len(labels) * int(np.prod(layer.kernel.shape)) for layer in dense)
     peak = matmul_flops_per_second(max(dense, key=lambda layer: int(np.prod(layer.kernel.shape))).kernel.shape, quick)
-    draws_ms = chip_draw_seconds(hardware, target, len(labels), quick) * 1000
+    draws_ms = chip_draw_seconds(chip_model, target, len(labels), quick) * 1000
     floor_ms = 1000 * flops_per_chip / peak + draws_ms
     return {"model": "mlp-1bit", "target": target.label, "chips": chips, "test_images": len(labels), "chips_per_pass": per_pass,
             "seconds": seconds, "ms_per_chip": 1000 * seconds / chips, "gflops_per_chip": flops_per_chip / 1e9,
@@ -248,13 +248,13 @@ def matmul_flops_per_second(kernel_shape, quick: bool) -> float:
     return 2 * rows * kernel_shape[0] * kernel_shape[1] / seconds
 
 
-def chip_draw_seconds(hardware, target: PerturbationConfig, images: int, quick: bool) -> float:
+def chip_draw_seconds(chip_model, target: PerturbationConfig, images: int, quick: bool) -> float:
     """The random numbers of one chip at ``target``, drawn alone: every active per-chip kernel
     effect's draw for each perturbed kernel, and one N(0, 1) per output element of each random
     per-pass output effect (the output noise) for every image."""
-    shapes = [(effect, tuple(layer.kernel.shape)) for layer in hardware_layers(hardware) for effect, params in target
+    shapes = [(effect, tuple(layer.kernel.shape)) for layer in hardware_layers(chip_model) for effect, params in target
               if params.active and effect.site is Site.KERNEL]
-    outputs = [(images, int(layer.kernel.shape[-1])) for layer in hardware_layers(hardware) for effect, params in target
+    outputs = [(images, int(layer.kernel.shape[-1])) for layer in hardware_layers(chip_model) for effect, params in target
                if params.active and effect.site is Site.OUTPUT and effect.sampling is Sampling.PER_PASS]
 
     @tf.function(autograph=False)
@@ -341,7 +341,7 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
             for key, config in configs.items():
                 result = evaluate_robustness(model, dataset, config, progress=None)
                 seconds[key].append(result.seconds)
-                tables[key] = result.chips
+                tables[key] = result.per_chip
         one, side = statistics.median(seconds["one_chip"]), statistics.median(seconds["side_by_side"])
         chosen = chips_side_by_side(model, model_targets(model, layers), RobustnessConfig(target=target), chips)
         memory = {key: evaluation_peak_mb(arch, layers, config.chips, config.chips_per_pass, quick) if name == "mnist-bundled" else None
@@ -388,7 +388,7 @@ def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
         for chips in ((1, 2) if quick else (1, 5, 20)):
             result = evaluate_robustness(model, dataset, RobustnessConfig(chips=chips, target_chips=chips, target=ALL_EFFECTS),
                                          progress=None)
-            evaluations = len(result.chips) + 1  # (level, chip) pairs evaluated, and the clean accuracy
+            evaluations = len(result.per_chip) + 1  # (level, chip) pairs evaluated, and the clean accuracy
             rows.append({"data": name, "test_images": len(dataset.y_test), "chips": chips, "chip_evaluations": evaluations,
                          "seconds": result.seconds,
                          "ms_per_1k_images_per_chip_evaluation": 1000 * result.seconds / evaluations / (len(dataset.y_test) / 1000)})

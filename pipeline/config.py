@@ -153,7 +153,7 @@ def flatten(prefix: str, config: Any) -> dict[str, str]:
     """A config as flat MLflow params, ``{"model.bits": "1", "model.hidden_units": "512,512"}``;
     the robustness grids as ``robustness.<effect>_grid``, the hardware as ``perturb.<parameter>``."""
     if isinstance(config, PerturbationConfig):
-        values = {**config.levels(), "perturb_layers": config.perturb_layers}
+        values = {**config.parameters(), "perturb_layers": config.perturb_layers}
     else:
         values = {item.name: getattr(config, item.name) for item in dataclasses.fields(config)}
     if isinstance(values.get("grids"), Mapping):

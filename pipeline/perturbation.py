@@ -51,7 +51,7 @@ class PerturbationConfig:
     @classmethod
     def from_text(cls, **given: Any) -> PerturbationConfig:
         """From text (command line, sweep): empty values mean "not given"; effects infer the rest."""
-        optional = {key for key, value in PerturbationConfig().levels().items() if value is None}
+        optional = {key for key, value in PerturbationConfig().parameters().items() if value is None}
         given = {key: value for key, value in given.items()
                  if value not in EMPTY and not (key in optional and str(value).strip().lower() == "none")}
         layers = given.pop("perturb_layers", LayerSet.HIDDEN.value)
@@ -83,7 +83,7 @@ class PerturbationConfig:
         raise AttributeError(f"{type(self).__name__} is frozen: use replace()")
 
     def replace(self, **changes: Any) -> PerturbationConfig:
-        return PerturbationConfig(**{**self.levels(), "perturb_layers": self.perturb_layers, **changes})
+        return PerturbationConfig(**{**self.parameters(), "perturb_layers": self.perturb_layers, **changes})
 
     @property
     def is_ideal(self) -> bool:
@@ -99,7 +99,7 @@ class PerturbationConfig:
         """Short run-name part, e.g. ``d20-s0.30-c[-128,127]``, ``ber0.01-c0.50-adc4`` or ``ideal``."""
         return "-".join(params.label() for params in self._params if params.active) or "ideal"
 
-    def levels(self) -> dict[str, Any]:
+    def parameters(self) -> dict[str, Any]:
         """Every effect parameter (not ``perturb_layers``) as plain JSON-able data."""
         return {name: (value.value if isinstance(value, enum.Enum) else value)
                 for params in self._params for name in params.field_names() for value in [getattr(params, name)]}
@@ -111,12 +111,12 @@ class PerturbationConfig:
         return hash((self._params, self.perturb_layers))
 
     def __repr__(self) -> str:
-        defaults = PerturbationConfig().levels()
-        active = ", ".join(f"{key}={value!r}" for key, value in self.levels().items() if value != defaults[key])
+        defaults = PerturbationConfig().parameters()
+        active = ", ".join(f"{key}={value!r}" for key, value in self.parameters().items() if value != defaults[key])
         return f"PerturbationConfig({active + ', ' if active else ''}perturb_layers={self.perturb_layers!r})"
 
     def __reduce__(self):
-        return (rebuild, (self.levels(), self.perturb_layers))
+        return (rebuild, (self.parameters(), self.perturb_layers))
 
 
 def rebuild(levels: dict, perturb_layers: str) -> PerturbationConfig:

@@ -129,7 +129,7 @@ def test_perturb_and_evaluate_entry_points(tracking_store):
 
     model = mlflow.tensorflow.load_model(perturb.data.tags["model_uri"])
     layer = model.get_layer("dense_1")
-    assert isinstance(layer, HardwareAwareQuantDense) and layer.hardware.out_bits == 6 and layer.hardware.clip_max == 40
+    assert isinstance(layer, HardwareAwareQuantDense) and layer.perturbation.out_bits == 6 and layer.perturbation.clip_max == 40
 
     evaluated = run_mlflow_project("evaluate", {"run_id": perturb.info.run_id, "chips": 2, "target_chips": 10, **short_grids(2)})
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -21,7 +21,8 @@ from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConf
 from pipeline.deploy.interpreter import SKIPPED
 from pipeline.evaluation.clean import evaluate
 from pipeline.evaluation.robustness import RobustnessResult, evaluate_robustness
-from pipeline.hwmodel.chips import strip_hardware
+from pipeline.evaluation.sensitivity import SensitivityResult, layer_sensitivity, ranking_markdown
+from pipeline.hwmodel.chips import model_targets, strip_hardware
 from pipeline.learning import data as data_module
 from pipeline.learning.data import PreparedData
 from pipeline.learning.training import graph_memory_released
@@ -221,10 +222,9 @@ def evaluate_stage(model_uri: str, model_run_id: str, data_uri: str, config: Rob
     return ModelRow("evaluate", model.name, run_id, model_uri, metrics, curves=result.curves)
 
 
-def sensitivity_stage(model_uri: str, model_run_id: str, data_uri: str, config: RobustnessConfig, layers: str = "") -> dict:
+def sensitivity_stage(model_uri: str, model_run_id: str, data_uri: str, config: RobustnessConfig,
+                      layers: str = "") -> SensitivityResult:
     """Per-layer sensitivity of any logged model, as its own ``sensitivity`` run linked to the model's run."""
-    from pipeline.hwmodel.chips import model_targets
-    from pipeline.evaluation.sensitivity import layer_sensitivity, ranking_markdown
 
     model = tracking.load_model(model_uri)
     handle = load_data_uri(data_uri)
@@ -247,7 +247,7 @@ def sensitivity_stage(model_uri: str, model_run_id: str, data_uri: str, config: 
         tracking.log_tags({"most_sensitive_layer": first["layer"], "most_sensitive_to": first["most_sensitive_to"]})
     print(f"\nWhich layer to protect first ({model_run_name}, clean accuracy {100 * result.clean_accuracy:.2f}%)\n{markdown}"
           f"[sensitivity] {result.seconds:.1f} s (run {run_id})")
-    return {"run_id": run_id, "table": result.table, "ranking": result.ranking}
+    return result
 
 
 def main_stage(

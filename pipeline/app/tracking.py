@@ -415,8 +415,8 @@ def log_robustness(result, title: str) -> None:
     log_step_metrics(steps)
     log_metrics({**result.summaries, "robust_acc_clean": result.clean_accuracy,
                  "robust_eval_seconds": result.seconds, "robust_eval_traces": result.traces})
-    mlflow.log_text(result.chips.to_csv(index=False), "robustness/chips.csv")
-    target = result.chips.loc[result.chips.effect == "target", ["chip", "accuracy"]]
+    mlflow.log_text(result.per_chip.to_csv(index=False), "robustness/chips.csv")
+    target = result.per_chip.loc[result.per_chip.effect == "target", ["chip", "accuracy"]]
     mlflow.log_text(target.to_csv(index=False), "robustness/target_chips.csv")
     log_table(result.curves, "robustness/curves")
     log_figure(plots.robustness_figure({title: result.curves}, f"{title}: robustness"), "robustness/curves.png")

@@ -113,9 +113,9 @@ def robustness_config(args: argparse.Namespace,
     """From the arguments and the target (hardware, accuracy spec): ``--target``'s file unless given;
     ``--accuracy_spec`` overrides the target's spec."""
     grids = {effect.name: getattr(args, f"{effect.name}_grid") for effect in EFFECTS}
-    hardware, accuracy_spec = target or load_target(resolve_project_file(args.target))
+    perturbation, accuracy_spec = target or load_target(resolve_project_file(args.target))
     values = {"accuracy_spec": accuracy_spec, **given(args, RobustnessConfig, skip=("grids", "target", "batch_size"))}
-    return RobustnessConfig(**values, grids=grids, target=hardware)
+    return RobustnessConfig(**values, grids=grids, target=perturbation)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:

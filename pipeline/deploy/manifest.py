@@ -167,7 +167,7 @@ def accumulator_entry(layer, input_levels, weight_levels, clean_range) -> dict[s
 
 def effect_entries(config: PerturbationConfig, clean_range: tuple[float, float]) -> dict[str, dict[str, Any]]:
     """The active effects' parameters, and what each records in accumulator units (its ``manifest_entry``)."""
-    levels = config.levels()
+    levels = config.parameters()
     return {effect.name: {**{name: levels[name] for name in params.field_names()}, **effect.manifest_entry(params, clean_range)}
             for effect, params in config if params.active}
 

@@ -59,7 +59,7 @@ PROGRESS_CHIPS = 200  #: a condition of at least this many chips reports its pro
 
 @dataclass(frozen=True)
 class RobustnessResult:
-    chips: pd.DataFrame  #: one row per (effect, level, chip): accuracy; ``random``: False where every chip is the same
+    per_chip: pd.DataFrame  #: one row per (effect, level, chip): accuracy; ``random``: False where every chip is the same
     curves: pd.DataFrame  #: one row per (effect, level): acc_mean with acc_low..acc_high, acc_std, acc_min, acc_p5, yield..
     clean_accuracy: float
     summaries: dict[str, float]
@@ -160,40 +160,40 @@ def evaluate_robustness(
     targets = model_targets(model, config.target.perturb_layers)
     images, labels = data.images("test"), data.labels("test")
     first_chip = config.seed * CHIP_SEED_STRIDE
-    rows, traces, clean, hardware = [], 0, None, None
+    rows, traces, clean, chip_model = [], 0, None, None
     points = conditions(config)
     for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
         side_by_side = chips_side_by_side(model, targets, config, chips)
-        if hardware is None or chips_per_pass(hardware) != side_by_side:  # the curves' copy serves the target when it can
-            hardware = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
-            calibrate(hardware, data.images("val"))
-            accuracy = CompiledAccuracy(hardware, config.batch_size)
+        if chip_model is None or chips_per_pass(chip_model) != side_by_side:  # the curves' copy serves the target when it can
+            chip_model = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
+            calibrate(chip_model, data.images("val"))
+            accuracy = CompiledAccuracy(chip_model, config.batch_size)
         clean = accuracy.one_chip(images, labels) if clean is None else clean
-        with hardware_evaluation(hardware, PerturbationConfig(), chip=first_chip):
+        with hardware_evaluation(chip_model, PerturbationConfig(), chip=first_chip):
             for effect, index, level, levels in conditions_of_pass:
                 point = {"effect": effect, "level_index": index, "level": level, "random": is_random(levels)}
                 rows += [{**point, "chip": chip, "accuracy": value}
-                         for chip, value in condition_accuracies(hardware, accuracy, levels, chips, first_chip, images, labels,
+                         for chip, value in condition_accuracies(chip_model, accuracy, levels, chips, first_chip, images, labels,
                                                                  progress if effect == "target" else None)]
                 if progress and (effect == "target" or index == len(config.grids[effect]) - 1):
                     done = pd.DataFrame([r for r in rows if r["effect"] == effect]).groupby("level", sort=False)["accuracy"].mean()
                     progress(f"[robustness] {effect:<10} " + "  ".join(f"{lvl:g}:{100 * acc:.1f}%" for lvl, acc in done.items()))
         traces = max(traces, accuracy.traces)
-    chips = pd.DataFrame(rows)
-    curves = summarize(chips, config.accuracy_spec)
-    return RobustnessResult(chips, curves, clean, summaries(curves, config.accuracy_spec), traces, time.perf_counter() - started)
+    per_chip = pd.DataFrame(rows)
+    curves = summarize(per_chip, config.accuracy_spec)
+    return RobustnessResult(per_chip, curves, clean, summaries(curves, config.accuracy_spec), traces, time.perf_counter() - started)
 
 
-def condition_accuracies(hardware: tf.keras.Model, accuracy: CompiledAccuracy, levels: PerturbationConfig, chips: int,
+def condition_accuracies(chip_model: tf.keras.Model, accuracy: CompiledAccuracy, levels: PerturbationConfig, chips: int,
                          first_chip: int, images: np.ndarray, labels: np.ndarray,
                          progress: Callable[[str], None] | None = None) -> list[tuple[int, float]]:
     """(chip, accuracy) of ``chips`` chips at ``levels`` (one chip when nothing is random: they are all the same)."""
     if not is_random(levels):
-        set_condition(hardware, levels, first_chip)
+        set_condition(chip_model, levels, first_chip)
         return [(0, accuracy.one_chip(images, labels))]
     found, reported, started = [], 0, time.perf_counter()
     for start in range(0, chips, accuracy.chips):
-        set_condition(hardware, levels, first_chip + start)  # programs the pass's chips once
+        set_condition(chip_model, levels, first_chip + start)  # programs the pass's chips once
         found += list(enumerate(map(float, accuracy.per_chip(images, labels)[: chips - start]), start=start))
         if progress and chips >= PROGRESS_CHIPS and len(found) >= (reported + 1) * chips // 4 and len(found) < chips:
             reported = 4 * len(found) // chips
@@ -201,11 +201,11 @@ def condition_accuracies(hardware: tf.keras.Model, accuracy: CompiledAccuracy, l
     return found
 
 
-def summarize(chips: pd.DataFrame, accuracy_spec: float | None) -> pd.DataFrame:
+def summarize(per_chip: pd.DataFrame, accuracy_spec: float | None) -> pd.DataFrame:
     """Per condition: accuracy statistics over chips, the mean's 95 % interval, and (with a spec)
     the yield with its 95 % Wilson interval (``pipeline.evaluation.statistics``; exact where nothing is random)."""
     records = []
-    for (effect, index, level), group in chips.groupby(["effect", "level_index", "level"], sort=False):
+    for (effect, index, level), group in per_chip.groupby(["effect", "level_index", "level"], sort=False):
         values, exact = group["accuracy"].to_numpy(), not bool(group["random"].iloc[0])
         low, high = mean_interval(values, exact)
         record = {"effect": effect, "level_index": index, "level": level, "acc_mean": float(values.mean()),

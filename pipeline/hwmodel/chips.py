@@ -51,7 +51,7 @@ def attach_hardware(
         if layer.name in targets:
             if cls not in HARDWARE_CLASSES:
                 raise ValueError(f"layer {layer.name} ({cls.__name__}) cannot carry the hardware model")
-            layers.append(HARDWARE_CLASSES[cls].from_config({**layer_config, "hardware": config.levels()}))
+            layers.append(HARDWARE_CLASSES[cls].from_config({**layer_config, "hardware": config.parameters()}))
             layers[-1].chips_per_pass = chips_per_pass  # before the build creates the run-time state
         else:
             layers.append(cls.from_config(layer_config))
@@ -95,7 +95,7 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
     for layer in layers:
         state = layer.hardware_state
         state.assign(config)
-        state.chips.assign(chips)
+        state.chip_ids.assign(chips)
         state.calls.assign(0)
         state.evaluating.assign(True)
         layer.program()
@@ -118,7 +118,7 @@ def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = Non
         if config is not None:
             state.assign(config)
         if chips is not None:
-            state.chips.assign(chips)
+            state.chip_ids.assign(chips)
             state.calls.assign(0)
         layer.program()
 

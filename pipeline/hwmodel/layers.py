@@ -48,7 +48,7 @@ class HardwareState:
                                 for key, value in e.run_levels(e.params()).items()} for e in EFFECTS}
         self.calibrated_lo, self.calibrated_hi = variable(-np.inf), variable(np.inf)  # clean output range
         self.evaluating, self.programmed = variable(False, tf.bool), variable(False, tf.bool)  # programmed: read chip_kernels
-        self.chips, self.train_seed = variable(tf.zeros([chips_per_pass], tf.int64), tf.int64), variable(0, tf.int64)
+        self.chip_ids, self.train_seed = variable(tf.zeros([chips_per_pass], tf.int64), tf.int64), variable(0, tf.int64)
         self.calls = variable(0, tf.int64)  # forward passes so far: fresh draws per pass, reproducibly
         self.chip_kernels = variable(tf.zeros([chips_per_pass, *kernel_shape]))  # P x kernel, read by every batch
         self.chip_draws, self.draws_of, self.programmers = {}, {}, {}  # per effect: draws (P x ...), of which chips
@@ -70,7 +70,7 @@ class HardwareState:
 
     def draws(self, effect: Effect) -> tf.Variable:
         """Every chip's draws of ``effect``, drawn again only when the chips change (a level rescales them)."""
-        chips = tuple(int(chip) for chip in self.chips.numpy())
+        chips = tuple(int(chip) for chip in self.chip_ids.numpy())
         if self.draws_of.get(effect.name) != chips:
             seeds = tf.constant([[self.seed_base(chip, effect), 0] for chip in chips], tf.int64)
             drawn = compiled_draws(effect)(tf.constant(self.kernel_shape, tf.int32), seeds)
@@ -98,7 +98,7 @@ class HardwareAwareMixin:
     """Adds the hardware model to a Larq layer with a ``kernel`` (dense or convolution)."""
 
     def __init__(self, *args, hardware: dict | PerturbationConfig | None = None, **kwargs):
-        self.hardware = PerturbationConfig(**hardware) if isinstance(hardware, dict) else hardware or PerturbationConfig()
+        self.perturbation = PerturbationConfig(**hardware) if isinstance(hardware, dict) else hardware or PerturbationConfig()
         super().__init__(*args, **kwargs)
         self._hardware_state = None
         self.chips_per_pass = 1  #: chips side by side in one inference pass (run-time, set before the build)
@@ -123,13 +123,13 @@ class HardwareAwareMixin:
 
     def _forward(self, inputs, training: bool):
         """Kernel effects -> accumulate -> output effects (module docstring)."""
-        if training and self.hardware.is_ideal:
+        if training and self.perturbation.is_ideal:
             return super().call(inputs)  # the plain training step, nothing added
         state, calls = self.hardware_state, self.hardware_state.calls.assign_add(1)
         if training:
-            levels, seeds = {e.name: e.run_levels(self.hardware.params(e)) for e in EFFECTS}, [state.train_seed]
+            levels, seeds = {e.name: e.run_levels(self.perturbation.params(e)) for e in EFFECTS}, [state.train_seed]
         else:
-            levels, seeds = state.levels, [state.chips[index] for index in range(self.chips_per_pass)]
+            levels, seeds = state.levels, [state.chip_ids[index] for index in range(self.chips_per_pass)]
         normal = lambda like, effect: self._normal(like, [state.seed(base, effect, calls) for base in seeds])  # noqa: E731
         quantized = self.input_quantizer(inputs) if self.input_quantizer else inputs
         if training:  # pending: zero-mean Gaussian output terms not drawn yet, (summed variance, whose stream)
@@ -242,7 +242,7 @@ class HardwareAwareMixin:
         return isinstance(self, lq.layers.QuantDense) and quantized.shape.rank == 2
 
     def get_config(self):
-        return {**super().get_config(), "hardware": self.hardware.levels()}
+        return {**super().get_config(), "hardware": self.perturbation.parameters()}
 
 
 @tf.keras.utils.register_keras_serializable(package="hwlarq")

@@ -44,22 +44,22 @@ def trained(tiny_data):
 
 def test_grid_chips_and_summaries(trained, tiny_data):
     result = evaluate_robustness(trained, tiny_data, SMALL, progress=None)
-    chips = result.chips
+    per_chip = result.per_chip
     # Random levels on every chip, deterministic ones (an effect off, pure saturation) once.
-    counts = chips.groupby(["effect", "level"], sort=False).size().to_dict()
+    counts = per_chip.groupby(["effect", "level"], sort=False).size().to_dict()
     expected = {(effect.name, level): 3 if is_on(effect.name, level) and effect.sampling is not Sampling.DETERMINISTIC else 1
                 for effect in EFFECTS for level in GRIDS[effect.name]}
-    assert counts == {**expected, ("target", 1.0): 4}  # the target on its own number of chips
-    off = chips[[row.effect != "target" and not is_on(row.effect, row.level) for row in chips.itertuples()]]
+    assert counts == {**expected, ("target", 1.0): 4}  # the target on its own number of per_chip
+    off = per_chip[[row.effect != "target" and not is_on(row.effect, row.level) for row in per_chip.itertuples()]]
     assert len(off) == sum(not is_on(name, grid[0]) for name, grid in GRIDS.items()) > 0
     assert (off.accuracy == result.clean_accuracy).all()  # an effect off is the clean model
     assert result.traces == 1  # one trace for every level and chip: levels are variables
-    # The strongest level of every random effect hurts; the curves are means over chips.
+    # The strongest level of every random effect hurts; the curves are means over per_chip.
     curves = result.curves.set_index(["effect", "level"])
     for effect in EFFECTS:
         if effect.sampling is not Sampling.DETERMINISTIC:
             assert curves.loc[(effect.name, GRIDS[effect.name][-1]), "acc_mean"] < result.clean_accuracy - 0.05, effect.name
-    target = chips[chips.effect == "target"].accuracy.to_numpy()
+    target = per_chip[per_chip.effect == "target"].accuracy.to_numpy()
     assert curves.loc[("target", 1.0), "acc_mean"] == pytest.approx(target.mean())
     assert curves.loc[("target", 1.0), "acc_p5"] == pytest.approx(np.percentile(target, 5))
     assert result.summaries["robust_acc_target"] == pytest.approx(target.mean())
@@ -73,17 +73,17 @@ def test_grid_chips_and_summaries(trained, tiny_data):
     # Levels without randomness are exact: one evaluation, an interval of zero width.
     exact = result.curves[result.curves.chips == 1]
     assert len(exact) and (exact.acc_low == exact.acc_mean).all() and (exact.yield_low == exact["yield"]).all()
-    noise_mean = chips[chips.effect == "noise"].groupby("level").accuracy.mean().mean()
+    noise_mean = per_chip[per_chip.effect == "noise"].groupby("level").accuracy.mean().mean()
     assert result.summaries["robust_auc_noise"] == pytest.approx(noise_mean)
     assert all(0 <= value <= 1 for key, value in result.summaries.items() if key != "robust_target_chips")
 
 
 def test_same_seed_same_table(trained, tiny_data):
-    first = evaluate_robustness(trained, tiny_data, SMALL, progress=None).chips
-    second = evaluate_robustness(trained, tiny_data, SMALL, progress=None).chips
+    first = evaluate_robustness(trained, tiny_data, SMALL, progress=None).per_chip
+    second = evaluate_robustness(trained, tiny_data, SMALL, progress=None).per_chip
     pd.testing.assert_frame_equal(first, second)
     import dataclasses
-    other = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, seed=1), progress=None).chips
+    other = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, seed=1), progress=None).per_chip
     assert not first.accuracy.equals(other.accuracy)
 
 
@@ -91,7 +91,7 @@ def test_chips_side_by_side_give_the_same_table(trained, tiny_data):
     import dataclasses
     one = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, chips_per_pass=1), progress=None)
     two = evaluate_robustness(trained, tiny_data, dataclasses.replace(SMALL, chips_per_pass=2), progress=None)  # 2 + 1 padded
-    pd.testing.assert_frame_equal(one.chips, two.chips)
+    pd.testing.assert_frame_equal(one.per_chip, two.per_chip)
     assert one.clean_accuracy == two.clean_accuracy and one.traces == two.traces == 1
 
 

@@ -36,12 +36,12 @@ def test_zero_perturbation_is_the_plain_model_bit_for_bit(bits, arch):
     tf.keras.utils.set_random_seed(3)
     config = ModelConfig(arch=arch, bits=bits, hidden_units=(32, 32))
     plain = build_model(config)
-    hardware = attach_hardware(plain, PerturbationConfig(), config.quantized_layer_names)
-    assert len(hardware_layers(hardware)) == len(config.quantized_layer_names)
+    chip_model = attach_hardware(plain, PerturbationConfig(), config.quantized_layer_names)
+    assert len(hardware_layers(chip_model)) == len(config.quantized_layer_names)
     expected = plain(IMAGES[:64], training=False).numpy()
-    np.testing.assert_array_equal(hardware(IMAGES[:64], training=False).numpy(), expected)
-    with hardware_evaluation(hardware, PerturbationConfig(), chip=7):
-        np.testing.assert_array_equal(hardware(IMAGES[:64], training=False).numpy(), expected)
+    np.testing.assert_array_equal(chip_model(IMAGES[:64], training=False).numpy(), expected)
+    with hardware_evaluation(chip_model, PerturbationConfig(), chip=7):
+        np.testing.assert_array_equal(chip_model(IMAGES[:64], training=False).numpy(), expected)
     # Outside an evaluation setting, even non-zero training levels stay off at inference.
     noisy = attach_hardware(plain, every_effect(), config.quantized_layer_names)
     np.testing.assert_array_equal(noisy(IMAGES[:64], training=False).numpy(), expected)
@@ -86,7 +86,7 @@ def test_chips_of_a_pass_are_named_and_checked():
     plain = build_model(ModelConfig(bits=1, hidden_units=(16,)))
     model = attach_hardware(plain, PerturbationConfig(), ("dense_1",), chips_per_pass=2)
     with hardware_evaluation(model, PerturbationConfig(weight_dev_pct=10), chip=5):
-        assert model.get_layer("dense_1").hardware_state.chips.numpy().tolist() == [5, 6]  # the first and the next
+        assert model.get_layer("dense_1").hardware_state.chip_ids.numpy().tolist() == [5, 6]  # the first and the next
         with pytest.raises(ValueError, match=r"^chip: .* evaluates 2 chip\(s\) per pass"):
             set_condition(model, chip=[1, 2, 3])
     for bad in (0, -1, 2.5, True):
@@ -102,12 +102,12 @@ def test_hardware_layers_round_trip_config_and_files(tmp_path):
     model = hardware_model(bits=1, config=config)
     layer = model.get_layer("dense_1")
     copy = HardwareAwareQuantDense.from_config(layer.get_config())
-    assert copy.hardware == layer.hardware == PerturbationConfig(**config.levels())
-    assert copy.get_config()["hardware"] == config.levels()  # every effect's parameters, by name
+    assert copy.perturbation == layer.perturbation == PerturbationConfig(**config.parameters())
+    assert copy.get_config()["hardware"] == config.parameters()  # every effect's parameters, by name
     model.save(tmp_path / "m.keras")
     reloaded = tf.keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(reloaded.get_layer("dense_1"), HardwareAwareQuantDense)
-    assert reloaded.get_layer("dense_1").hardware == layer.hardware
+    assert reloaded.get_layer("dense_1").perturbation == layer.perturbation
     np.testing.assert_array_equal(reloaded(IMAGES[:16]).numpy(), model(IMAGES[:16]).numpy())
     with hardware_evaluation(model, config, chip=3), hardware_evaluation(reloaded, config, chip=3):
         np.testing.assert_array_equal(reloaded(IMAGES[:16]).numpy(), model(IMAGES[:16]).numpy())
@@ -115,8 +115,8 @@ def test_hardware_layers_round_trip_config_and_files(tmp_path):
 
 def test_run_time_levels_are_not_weights():
     plain = build_model(ModelConfig(bits=1, hidden_units=(32,)))
-    hardware = attach_hardware(plain, every_effect(), ("dense_1",))
-    assert [w.shape for w in hardware.weights] == [w.shape for w in plain.weights]
+    chip_model = attach_hardware(plain, every_effect(), ("dense_1",))
+    assert [w.shape for w in chip_model.weights] == [w.shape for w in plain.weights]
 
 
 # --------------------------------------------------------------------------- configuration
@@ -133,10 +133,10 @@ def test_unknown_hardware_parameters_are_named_with_the_known_ones():
 
 def test_every_parameter_is_an_attribute_and_round_trips():
     config = every_effect(perturb_layers="dense")
-    assert set(config.levels()) == set(PARAMETERS)
-    for name, value in config.levels().items():
+    assert set(config.parameters()) == set(PARAMETERS)
+    for name, value in config.parameters().items():
         assert getattr(config, name) == value or getattr(config, name).value == value
-    assert PerturbationConfig(**config.levels(), perturb_layers="dense") == config
+    assert PerturbationConfig(**config.parameters(), perturb_layers="dense") == config
     assert hash(config.replace()) == hash(config) and config.replace(perturb_layers="all") != config
     import pickle
 
