@@ -124,12 +124,17 @@ def finish_stage(model: tf.keras.Model, training: TrainResult, data: PreparedDat
     deployment = deploy_model(deployable, data, title) if convert_tflite else DeployOutcome(SKIPPED)
     manifest, manifest_error = describe(deployable, data, perturbation, robustness.target if robustness else None, title)
     deploy_seconds = clock.lap()
-    result = evaluate_robustness(model, data, robustness) if robustness is not None else None
-    if result is not None:
-        print(f"[robustness] {title}: {result.describe_target()}, {result.seconds:.1f} s, {result.traces} trace(s)")
+    result = stress(model, data, robustness, title) if robustness is not None else None
     timings = Timings(build_seconds, training.seconds, evaluate_seconds, size_seconds, deploy_seconds, clock.lap())
     return StageOutcome(model, deployable, training, evaluation, size, file_bytes, deployment, manifest, manifest_error,
                         result, timings)
+
+
+def stress(model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, title: str) -> RobustnessResult:
+    """The model's robustness over Monte-Carlo chips, with its summary line in the terminal."""
+    result = evaluate_robustness(model, data, config)
+    print(f"[robustness] {title}: {result.describe_target()}, {result.seconds:.1f} s, {result.traces} trace(s)")
+    return result
 
 
 class Clock:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
 from pipeline.effects import EFFECTS
-from pipeline.evaluation.statistics import estimate_text
+from pipeline.evaluation.statistics import estimate_text, missing
 
 ROBUSTNESS_COLUMNS = (*(f"robust_auc_{effect.name}" for effect in EFFECTS), "robust_acc_target", "robust_yield_target")
 INTERVALS = ("robust_acc_target", "robust_yield_target")  #: shown with their 95 % interval ``<key>_low`` .. ``<key>_high``
@@ -51,11 +51,9 @@ class ModelRow:
     tflite_converter: str = ""
     curves: pd.DataFrame | None = field(default=None, compare=False)
 
-    IDENTITY = ("stage", "model", "run_id", "model_uri", "tflite_converter", "curves")
-
     def get(self, key: str, default: object = None) -> object:
         """A field (identity, ``curves``) or a metric by name; ``default`` when the run has no such metric."""
-        return getattr(self, key) if key in self.IDENTITY else self.metrics.get(key, default)
+        return getattr(self, key) if key in FIELDS else self.metrics.get(key, default)
 
     def __getitem__(self, key: str) -> object:
         if (value := self.get(key)) is None:
@@ -66,6 +64,9 @@ class ModelRow:
         return self.get(key) is not None
 
 
+FIELDS = frozenset(item.name for item in fields(ModelRow)) - {"metrics"}  #: what ModelRow.get reads from a field
+
+
 def comparison_table(rows: Sequence[ModelRow]) -> pd.DataFrame:
     """One row per model: the :data:`COLUMNS`, and the bounds of the :data:`INTERVALS`."""
     keys = [*COLUMNS, *INTERVAL_BOUNDS]
@@ -73,7 +74,7 @@ def comparison_table(rows: Sequence[ModelRow]) -> pd.DataFrame:
 
 
 def format_value(key: str, value: object) -> str:
-    if value is None or (isinstance(value, float) and value != value):  # missing (NaN in a float column)
+    if missing(value):  # (NaN in a float column)
         return "-"
     if key in ("test_accuracy", "deployed_accuracy", "deployed_agreement", "accuracy_spec", *ROBUSTNESS_COLUMNS):
         return f"{100 * float(value):.2f}%"

@@ -20,7 +20,7 @@ from pipeline.app.compare import ModelRow
 from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig, flatten
 from pipeline.deploy.interpreter import SKIPPED
 from pipeline.evaluation.clean import evaluate
-from pipeline.evaluation.robustness import RobustnessResult, evaluate_robustness
+from pipeline.evaluation.robustness import RobustnessResult
 from pipeline.evaluation.sensitivity import SensitivityResult, layer_sensitivity, ranking_markdown
 from pipeline.hwmodel.chips import model_targets, strip_hardware
 from pipeline.learning import data as data_module
@@ -215,8 +215,7 @@ def evaluate_stage(model_uri: str, model_run_id: str, data_uri: str, config: Rob
     with tracking.stage_run("evaluate", f"evaluate-{model_run_name}", description, tags) as run_id:
         evaluation = evaluate(model, handle.data)
         tracking.log_metrics(evaluation.as_metrics())
-        result = evaluate_robustness(model, handle.data, config)
-        print(f"[robustness] {model_run_name}: {result.describe_target()}, {result.seconds:.1f} s, {result.traces} trace(s)")
+        result = flow.stress(model, handle.data, config, model_run_name)
         log_robustness(result, config, model_run_name)
     metrics = {**evaluation.as_metrics(), **result.summaries, "robust_eval_seconds": result.seconds}
     return ModelRow("evaluate", model.name, run_id, model_uri, metrics, curves=result.curves)
