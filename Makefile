@@ -1,6 +1,8 @@
 # Quick start (a fresh machine with Python 3.11):
 #   make main   -> creates .venv, installs the project, runs `mlflow run . -e main --env-manager local`
-#   make test   -> creates .venv, installs the project with test extras, runs the whole test suite
+#   make test   -> creates .venv, installs the project with test extras and the system programs the tests
+#                  start (scripts/system-deps: Chromium, PostgreSQL), runs the whole test suite;
+#                  make test TEST_MARKERS="not browser" runs it without the browser tests (and without Chromium)
 #   make ui     -> serves the MLflow UI on the local store and prints the link to our runs
 #   make screenshots -> the documentation's UI screenshots, from the newest `main` of the local store
 PYTHON ?= python3
@@ -8,6 +10,10 @@ VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 RUN_IN_VENV := PATH="$(BIN):$$PATH"
 EXPERIMENT ?= hardware-aware-larq
+TEST_MARKERS ?=
+# a group of tests deselected by TEST_MARKERS needs no program of its own
+WITHOUT := $(if $(findstring not browser,$(TEST_MARKERS)),--without browser) $(if $(findstring not postgres,$(TEST_MARKERS)),--without postgres)
+PYTEST := python -m pytest -n auto --dist worksteal --durations=15
 
 .PHONY: install main test test-fast ui screenshots
 
@@ -23,11 +29,12 @@ main: install
 	$(RUN_IN_VENV) mlflow run . -e main --env-manager local --experiment-name $(EXPERIMENT)
 
 test: install
+	scripts/system-deps $(WITHOUT)
 	$(RUN_IN_VENV) ruff check .
-	$(RUN_IN_VENV) python -m pytest -n auto --dist worksteal
+	$(RUN_IN_VENV) $(PYTEST) $(if $(TEST_MARKERS),-m "$(TEST_MARKERS)")
 
 test-fast: install
-	$(RUN_IN_VENV) python -m pytest -n auto --dist worksteal -m "not slow"
+	$(RUN_IN_VENV) $(PYTEST) -m "not slow and not browser and not postgres"
 
 ui: install
 	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m pipeline.app.ui http://127.0.0.1:5000 $(EXPERIMENT)

@@ -47,6 +47,7 @@ TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fi
            "target_yield_s": 10.0, "pruning_signal": 0.10}
 BATCH = 64  #: training batch of the step benchmark (the default batch size)
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
+QUICK_GRIDS = {effect.name: effect.curve.grid[:: len(effect.curve.grid) - 1] for effect in EFFECTS}  #: a smoke run: each curve's ends
 ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.parameters()[effect.curve.parameter]) for effect in EFFECTS}
 
 
@@ -136,8 +137,9 @@ def training_overhead(data, quick: bool) -> list[dict]:
     """Per-step time of the 1-bit models with every effect at once (and each alone) vs the plain model."""
     rows = []
     images, labels = tf.constant(data.images("train")[:BATCH]), tf.constant(data.labels("train")[:BATCH])
-    rounds = 8 if quick else 40
-    for arch, layers in (("mlp", "hidden"), ("cnn", "hidden"), ("cnn", "all")):
+    rounds, steps = (3, 3) if quick else (40, 10)
+    cases = (("mlp", "hidden"), ("cnn", "all")) if quick else (("mlp", "hidden"), ("cnn", "hidden"), ("cnn", "all"))
+    for arch, layers in cases:
         config = ModelConfig(arch=arch, bits=1)
         variants = {"plain": None, "all": ALL_EFFECTS, **ONE_EFFECT}
         runners, models = {}, {}
@@ -148,8 +150,8 @@ def training_overhead(data, quick: bool) -> list[dict]:
                 perturbation = levels.replace(perturb_layers=layers)
                 model = attach_hardware(model, perturbation, perturbation.targets(config), train_seed=0)
             models[name] = model
-            runners[name] = train_step_runner(model, images, labels)
-        seconds = interleaved_seconds(runners, rounds)
+            runners[name] = train_step_runner(model, images, labels, steps)
+        seconds = interleaved_seconds(runners, rounds, steps)
         plain = seconds["plain"]
         draws = training_draws(models["all"])
         floor = draw_seconds(draws, rounds)
@@ -334,8 +336,9 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
         model = build_model(ModelConfig(arch=arch, bits=1))
         target = ALL_EFFECTS.replace(perturb_layers=layers)
         chips = 2 if quick else 5
-        configs = {"one_chip": RobustnessConfig(chips=chips, target_chips=chips, target=target, chips_per_pass=1),
-                   "side_by_side": RobustnessConfig(chips=chips, target_chips=chips, target=target, chips_per_pass=chips)}
+        grids = QUICK_GRIDS if quick else {}
+        configs = {"one_chip": RobustnessConfig(grids, chips=chips, target_chips=chips, target=target, chips_per_pass=1),
+                   "side_by_side": RobustnessConfig(grids, chips=chips, target_chips=chips, target=target, chips_per_pass=chips)}
         seconds, tables = {key: [] for key in configs}, {}
         for _ in range(1 if quick else 3):
             for key, config in configs.items():
@@ -372,21 +375,22 @@ def measure_evaluation_peak(arch: str, layers: str, chips: int, chips_per_pass: 
     model = build_model(ModelConfig(arch=arch, bits=1))
     target = ALL_EFFECTS.replace(perturb_layers=layers)
     before = resident_memory_mb("VmHWM")
-    evaluate_robustness(model, data, RobustnessConfig(chips=chips, target_chips=chips, target=target, chips_per_pass=chips_per_pass),
-                        progress=None)
+    config = RobustnessConfig(QUICK_GRIDS if quick else {}, chips=chips, target_chips=chips, target=target, chips_per_pass=chips_per_pass)
+    evaluate_robustness(model, data, config, progress=None)
     return {"peak_mb_added": resident_memory_mb("VmHWM") - before}
 
 
 def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
     seed_everything(0)
     model = build_model(ModelConfig(bits=1))
-    config = RobustnessConfig(chips=1, target_chips=1, target=ALL_EFFECTS)
+    grids = QUICK_GRIDS if quick else {}
+    config = RobustnessConfig(grids, chips=1, target_chips=1, target=ALL_EFFECTS)
     rows = []
     sets = [("mnist-bundled", data)] + ([] if fashion is None else [("fashion-mnist", fashion)])
     for name, dataset in sets:
         evaluate_robustness(model, dataset, config, progress=None)  # warm-up
         for chips in ((1, 2) if quick else (1, 5, 20)):
-            result = evaluate_robustness(model, dataset, RobustnessConfig(chips=chips, target_chips=chips, target=ALL_EFFECTS),
+            result = evaluate_robustness(model, dataset, RobustnessConfig(grids, chips=chips, target_chips=chips, target=ALL_EFFECTS),
                                          progress=None)
             evaluations = len(result.per_chip) + 1  # (level, chip) pairs evaluated, and the clean accuracy
             rows.append({"data": name, "test_images": len(dataset.y_test), "chips": chips, "chip_evaluations": evaluations,
@@ -402,7 +406,7 @@ def sweep_costs(quick: bool, output: Path) -> dict:
     from sweeps.space import load_space
     from sweeps.study import run_sweep
 
-    n_trials = 4 if quick else 20
+    n_trials = 2 if quick else 20
     store = Path(tempfile.mkdtemp(prefix="hwl-bench-"))
     tracking.use_store(f"sqlite:///{store / 'mlflow.db'}", "benchmark")
     data_config = DataConfig(source="bundled", limit=300 if quick else 0)
@@ -595,7 +599,9 @@ def main(argv=None) -> int:
         if only and name not in only:
             continue
         print(f"[benchmark] {name} ...", flush=True)
+        started = time.perf_counter()
         results[name] = step()
+        print(f"[benchmark] {name}: {time.perf_counter() - started:.0f} s", flush=True)
     (output / "results.json").write_text(json.dumps(results, indent=2))
     write_reports(results, output, page)
     print(markdown(results))

@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny real data and a temporary MLflow tracking store (real SQLite, no mocks)."""
+"""Shared fixtures: tiny real data, a temporary MLflow tracking store (real SQLite, no mocks), and one
+store of end-to-end runs built once per test session and read by the tests that check them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pipeline  # noqa: F401  (TF_USE_LEGACY_KERAS before anything imports TensorFlow)
@@ -15,6 +19,7 @@ from pipeline.config import DataConfig
 from pipeline.learning.data import PreparedData, prepare
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEST_EXPERIMENT = "test-experiment"  #: the experiment of every test store
 
 
 @pytest.fixture(scope="session")
@@ -32,19 +37,24 @@ def tracking_store(tmp_path, monkeypatch):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = "test-experiment"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    client.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment)
+    use_tracking_store(uri, monkeypatch)
+    mlflow.MlflowClient(uri).create_experiment(TEST_EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(TEST_EXPERIMENT)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; `mlflow run` refuses both
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def use_tracking_store(uri: str, monkeypatch) -> None:
+    """This process and its children log to, and read from, the store at ``uri``."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", TEST_EXPERIMENT)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(uri)
 
 
 def all_runs(uri: str):
@@ -64,15 +74,112 @@ def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600) -> subproc
     )
 
 
-def run_mlflow_project(entry_point: str, params: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    """``mlflow run . -e ENTRY --env-manager local -P k=v ...`` from the project root."""
+def run_mlflow_project(entry_point: str, params: dict, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``mlflow run . -e ENTRY --env-manager local -P k=v ...`` from the project root (default: this environment)."""
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_cli), "run", str(PROJECT_ROOT), "-e", entry_point, "--env-manager", "local"]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
     # `mlflow run --env-manager local` runs `python` from PATH: make it this interpreter.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = env if env is not None else dict(os.environ)
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+#: the tiny settings of the shared end-to-end runs (tests compare what they read with these)
+SHARED_MAIN = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2, "target_chips": 10}
+SHARED_SWEEP = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, "target_chips": 10}
+
+
+@dataclass(frozen=True)
+class SharedStore:
+    """The session's store of end-to-end runs, each made through ``mlflow run`` as a user would, in
+    this order: ``main``, the same ``main`` again (it reuses the first one's prepare run), ``sweep``.
+    ``results`` holds each command's return code, stdout and stderr, by name."""
+
+    uri: str
+    directory: Path
+    results: dict[str, dict]
+
+    def result(self, name: str) -> dict:
+        assert name in self.results, f"the shared store was not built: {self.results.get('error', {}).get('stderr', '')}"
+        found = self.results[name]
+        assert found["returncode"] == 0, f"the shared `{name}` failed:\n{found['stderr'][-3000:]}"
+        return found
+
+
+def shared_directory(config) -> Path:
+    """Where the session's shared store lives: beside the workers' temporary directories (one per session)."""
+    base = config._tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-store"
+
+
+def pytest_collection_finish(session):
+    """If a selected test reads the shared store, the first test process to get here starts building it
+    in the background, so that no worker waits idle for it (three mlflow runs, a few minutes)."""
+    if not any("shared_store" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    directory = shared_directory(session.config)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(directory / "started", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return  # another worker builds it
+    log = open(directory / "build.log", "w")
+    code = "import sys, pathlib; sys.path.insert(0, sys.argv[1]); import conftest; conftest.build_shared_store(pathlib.Path(sys.argv[2]))"
+    session.config.shared_builder = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(directory)],
+                                                     stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The builder never outlives the session: waited for, or stopped when the session was interrupted."""
+    builder = getattr(session.config, "shared_builder", None)
+    if builder is not None and builder.poll() is None:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            builder.kill()
+        builder.wait()
+
+
+@pytest.fixture(scope="session")
+def shared_store(request) -> SharedStore:
+    """One tiny ``main`` (twice) and one tiny ``sweep`` through ``mlflow run``, built once per session
+    in the background (:func:`pytest_collection_finish`); waits until they are done."""
+    directory = shared_directory(request.config)
+    deadline = time.time() + 1800
+    while not (directory / "results.json").exists():
+        assert time.time() < deadline, f"the shared store was not built in 30 minutes: {(directory / 'build.log').read_text()[-3000:]}"
+        time.sleep(1)
+    return SharedStore(f"sqlite:///{directory / 'mlflow.db'}", directory, json.loads((directory / "results.json").read_text()))
+
+
+def build_shared_store(directory: Path) -> None:
+    """Makes the shared store's runs (in the builder process); ``results.json`` appears last, complete."""
+    import mlflow
+
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    results = {}
+    try:
+        mlflow.MlflowClient(uri).create_experiment(TEST_EXPERIMENT, artifact_location=(directory / "artifacts").as_uri())
+        env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+        env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": TEST_EXPERIMENT}
+        grids = short_grids(3)
+        commands = {"main": ("main", {**SHARED_MAIN, **grids}), "main_again": ("main", {**SHARED_MAIN, **grids}),
+                    "sweep": ("sweep", {**SHARED_SWEEP, **grids, "storage": f"sqlite:///{directory / 'optuna.db'}"})}
+        for name, (entry_point, params) in commands.items():
+            done = run_mlflow_project(entry_point, params, env=env)
+            results[name] = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+    except Exception as error:  # every reader gets the reason instead of waiting for a file that never comes
+        results.setdefault("error", {"returncode": 1, "stdout": "", "stderr": repr(error)})
+    finally:
+        (directory / "results.part").write_text(json.dumps(results))
+        (directory / "results.part").rename(directory / "results.json")
+
+
+@pytest.fixture()
+def shared(shared_store, monkeypatch) -> SharedStore:
+    """The session's shared store, as this test's tracking store (read it; do not write to it)."""
+    use_tracking_store(shared_store.uri, monkeypatch)
+    return shared_store
 
 
 def short_grids(levels: int) -> dict[str, str]:

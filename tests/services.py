@@ -26,7 +26,7 @@ def free_port() -> int:
 def postgres_binary(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if not found:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed: apt-get install postgresql (.ci/run does)")
+        raise RuntimeError(f"PostgreSQL's {name} is not installed: scripts/system-deps installs it (make test runs it)")
     return found
 
 

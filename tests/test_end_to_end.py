@@ -3,33 +3,39 @@
 import mlflow
 import pytest
 
-from conftest import all_runs, run_cli, run_mlflow_project, short_grids
+from conftest import SHARED_MAIN, all_runs, run_cli, run_mlflow_project, short_grids
 from pipeline.app.compare import ROBUSTNESS_COLUMNS as ROBUSTNESS_METRICS
 
-TINY = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2, "target_chips": 10, **short_grids(3)}
+TINY = {**SHARED_MAIN, **short_grids(3)}
 
 
-def runs_by_stage(uri):
+def runs_by_stage(uri, parent_id: str | None = None):
+    """The runs of the store by stage (only the children of ``parent_id`` if given)."""
     grouped = {}
     for run in all_runs(uri):
-        grouped.setdefault(run.data.tags.get("stage"), []).append(run)
+        if parent_id is None or run.data.tags.get("mlflow.parentRunId") == parent_id:
+            grouped.setdefault(run.data.tags.get("stage"), []).append(run)
     return grouped
 
 
-@pytest.mark.slow
-def test_main_entry_point(tracking_store):
-    result = run_mlflow_project("main", TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Comparison" in result.stdout and "mlp-1bit" in result.stdout
-    native = [line for line in (result.stdout + result.stderr).splitlines() if line[:1] in "IWE" and line[1:5].isdigit()]
-    assert not native, native[:3]  # a quiet terminal: no TensorFlow / converter C++ log lines
-    assert "retracing" not in result.stdout + result.stderr  # each model's first trace is no warning
-    assert "INFO: Created TensorFlow Lite" not in result.stderr  # nor TFLite's
+def first_main(uri):
+    return min((run for run in all_runs(uri) if run.data.tags.get("stage") == "main"), key=lambda run: run.info.start_time)
 
-    stages = runs_by_stage(tracking_store)
-    assert {k: len(v) for k, v in stages.items()} == {"main": 1, "prepare": 1, "baseline": 1, "qat": 1, "compared": 1, "perturb": 1}
-    parent = stages["main"][0]
-    assert all(run.info.status == "FINISHED" for runs in stages.values() for run in runs)
+
+@pytest.mark.slow
+def test_main_entry_point(shared):
+    result = shared.result("main")  # `mlflow run . -e main` with SHARED_MAIN and 3-level grids
+    assert "Comparison" in result["stdout"] and "mlp-1bit" in result["stdout"]
+    terminal = result["stdout"] + result["stderr"]
+    native = [line for line in terminal.splitlines() if line[:1] in "IWE" and line[1:5].isdigit()]
+    assert not native, native[:3]  # a quiet terminal: no TensorFlow / converter C++ log lines
+    assert "retracing" not in terminal  # each model's first trace is no warning
+    assert "INFO: Created TensorFlow Lite" not in result["stderr"]  # nor TFLite's
+
+    parent = first_main(shared.uri)
+    stages = runs_by_stage(shared.uri, parent.info.run_id)
+    assert {k: len(v) for k, v in stages.items()} == {"prepare": 1, "baseline": 1, "qat": 1, "compared": 1, "perturb": 1}
+    assert parent.info.status == "FINISHED" and all(run.info.status == "FINISHED" for runs in stages.values() for run in runs)
     for stage in ("prepare", "baseline", "qat", "compared", "perturb"):
         assert stages[stage][0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.info.run_name == "main-mlp-1bit"
@@ -56,7 +62,7 @@ def test_main_entry_point(tracking_store):
     assert parent.data.metrics["test_accuracy"] == qat.metrics["test_accuracy"]
     assert parent.data.metrics["baseline_test_accuracy"] == baseline.metrics["test_accuracy"]
 
-    client = mlflow.MlflowClient(tracking_store)
+    client = mlflow.MlflowClient(shared.uri)
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png",
             "comparison/comparison.json", "comparison/robustness_overlay.png"} <= parent_artifacts
@@ -87,14 +93,21 @@ def test_main_entry_point(tracking_store):
     summary = mlflow.artifacts.load_text(f"runs:/{stages['qat'][0].info.run_id}/larq_summary.txt")
     assert "# 1-bit" in summary
 
-    # A second `main` with the same parameters reuses the finished prepare run.
-    again = run_mlflow_project("main", TINY)
-    assert again.returncode == 0, again.stderr[-3000:]
-    stages = runs_by_stage(tracking_store)
-    assert len(stages["prepare"]) == 1 and len(stages["main"]) == 2
-    newest = max(stages["main"], key=lambda run: run.info.start_time)
-    assert newest.data.tags["data_run_id"] == parent.data.tags["data_run_id"]
-    assert newest.data.tags["data_reused"] == "True"
+
+
+@pytest.mark.slow
+def test_a_second_main_with_the_same_parameters_reuses_the_finished_prepare_run(shared):
+    shared.result("main_again")
+    tops = {}
+    for run in all_runs(shared.uri):
+        if "mlflow.parentRunId" not in run.data.tags:
+            tops.setdefault(run.data.tags["stage"], []).append(run)
+    assert {stage: len(runs) for stage, runs in tops.items()} == {"main": 2, "sweep": 1}  # nothing else at the top
+    first, newest = sorted(tops["main"], key=lambda run: run.info.start_time)
+    assert len(runs_by_stage(shared.uri, newest.info.run_id).get("prepare", [])) == 0  # no new prepare run under it
+    assert newest.data.tags["data_run_id"] == first.data.tags["data_run_id"]
+    assert newest.data.tags["data_reused"] == "True" and first.data.tags["data_reused"] == "False"
+    assert newest.info.status == "FINISHED"
 
 
 @pytest.mark.slow

@@ -40,16 +40,61 @@ def snapshot(uri):
                   for r in all_runs(uri))
 
 
+class Output:
+    """A child's stdout and stderr lines as they come (read by threads, so neither pipe fills up)."""
+
+    def __init__(self, process):
+        import threading
+
+        self.process, self.lines, self.errors = process, [], []
+        self.threads = [threading.Thread(target=lambda stream=stream, found=found: found.extend(iter(stream.readline, "")), daemon=True)
+                        for stream, found in ((process.stdout, self.lines), (process.stderr, self.errors))]
+        for thread in self.threads:
+            thread.start()
+
+    def wait_for(self, prefix: str, timeout: float = 300) -> None:
+        deadline = time.time() + timeout
+        while not any(line.startswith(prefix) for line in self.lines):
+            assert self.process.poll() is None, self.stderr()[-3000:]
+            assert time.time() < deadline, f"no line starting with {prefix!r}"
+            time.sleep(0.1)
+
+    def stderr(self) -> str:
+        return "".join(self.errors)
+
+    def finish(self, timeout: float = 120) -> str:
+        """Waits for the child's end and both streams; its stderr."""
+        self.process.wait(timeout=timeout)
+        for thread in self.threads:
+            thread.join(timeout=10)
+        return self.stderr()
+
+
+EVALUATING = ["--limit", "400", "--epochs", "1", "--hidden_units", "256", "--source", "bundled", "--target_chips", "10000"]
+
+
 @pytest.mark.slow
-def test_sigterm_during_training_ends_every_run_and_leaves_nothing_running(tracking_store):
-    process = start_cli("qat", *LONG)
-    run = wait_for_training(tracking_store, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "interrupted" in stderr
-    statuses = {r.data.tags["stage"]: r.info.status for r in all_runs(tracking_store)}
-    assert statuses == {"prepare": "FINISHED", "qat": "KILLED"}
-    assert mlflow.get_run(run.info.run_id).data.tags["outcome"] == "killed"
+@pytest.mark.parametrize("moment, signum, delay", [("first epoch", signal.SIGTERM, 0.0), ("mid-training", signal.SIGTERM, 0.4),
+                                                   ("evaluation", signal.SIGTERM, 0.0), ("mid-training", signal.SIGINT, 0.1)])
+def test_an_interruption_ends_every_run_killed_and_exits_130(tracking_store, moment, signum, delay):
+    """SIGTERM (a scheduler, `kill`) or SIGINT (Ctrl-C) at any moment of a stage: exit code 130, the
+    stage's run KILLED with its outcome tagged, nothing left RUNNING -- and never an abort at exit."""
+    process = start_cli("qat", *(EVALUATING if moment == "evaluation" else LONG), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = Output(process)
+    if moment == "first epoch":
+        output.wait_for("Epoch 1/")
+    elif moment == "mid-training":
+        wait_for_training(tracking_store, process)  # an epoch has ended: the signal lands inside a later one
+    else:
+        output.wait_for("[robustness]")  # the curves are being evaluated
+    time.sleep(delay)
+    process.send_signal(signum)
+    stderr = output.finish()
+    assert process.returncode == 130 and "interrupted" in stderr, (process.returncode, stderr[-3000:])
+    runs = all_runs(tracking_store)
+    assert {r.data.tags["stage"]: r.info.status for r in runs} == {"prepare": "FINISHED", "qat": "KILLED"}, stderr[-3000:]
+    (qat,) = [r for r in runs if r.data.tags["stage"] == "qat"]
+    assert qat.data.tags["outcome"] == "killed" and "KeyboardInterrupt" in qat.data.tags["failure"]
 
 
 def test_unreachable_tracking_server_fails_before_training(tmp_path):
@@ -156,6 +201,7 @@ def test_bad_input_changes_nothing_already_recorded(tracking_store, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_team_mode_tracking_server_on_postgresql(tmp_path):
     with postgres() as database, mlflow_server(tmp_path / "server", backend_store_uri=database) as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_EXPERIMENT_NAME": "team"}

@@ -11,9 +11,11 @@ against the Keras model on the test split, and timed.
 
 Both timings use ``deployed_threads`` interpreter threads (every core of the machine). LCE
 flatbuffers run in LCE's interpreter (``larq_compute_engine.testing.Interpreter``), the others in
-TFLite's. LCE's optimized binary kernels target 64-bit ARM; on x86 its binary convolutions run
-portable code, while TFLite's float kernels use the CPU's vector units -- compare speeds on the
-target device before concluding anything from the x86 numbers.
+LiteRT's (``ai_edge_litert.interpreter.Interpreter``, the successor of the deprecated
+``tf.lite.Interpreter``; the same TFLite runtime and kernels). LCE's optimized binary kernels target
+64-bit ARM; on x86 its binary convolutions run portable code, while TFLite's float kernels use the
+CPU's vector units -- compare speeds on the target device before concluding anything from the x86
+numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 import pipeline  # noqa: F401
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from pipeline.deploy.export import LCE, ExportError, Flatbuffer, convert
 from pipeline.native_logs import native_noise_filtered
@@ -50,7 +53,7 @@ def interpreter(flatbuffer: Flatbuffer, threads: int) -> Predict:
         lite = lce.testing.Interpreter(flatbuffer.content, num_threads=threads).interpreter
         return lambda batch: lite.predict([batch])[0]
     with native_noise_filtered():  # TFLite's "INFO: Created TensorFlow Lite XNNPACK delegate" line
-        lite = tf.lite.Interpreter(model_content=flatbuffer.content, num_threads=threads)
+        lite = Interpreter(model_content=flatbuffer.content, num_threads=threads)
         lite.allocate_tensors()
     source, result = lite.get_input_details()[0]["index"], lite.get_output_details()[0]["index"]
 

@@ -1,33 +1,33 @@
 """The MLflow UI as a user sees it, in a real headless Chromium (Debian's), driven by Playwright.
 
-Populates a temporary store with a tiny `main` and a tiny `sweep`, serves it with `mlflow server`
-on a free localhost port, and checks that the runs, their nesting, the robustness charts and the
+Reads the session's shared store (two tiny `main`s and a tiny `sweep`, made through `mlflow run`),
+serves it with `mlflow server` on a free localhost port, and checks that the runs, their nesting, the robustness charts and the
 PNG artifacts show, and that the command that makes the documentation's screenshots
 (`tests/screenshots.py`, `make screenshots`) works on it.
 """
 
-from pathlib import Path
-
 import mlflow
 import pytest
 
-from conftest import all_runs, as_flags, run_cli, short_grids
+from conftest import all_runs, run_cli
 from pipeline.app.ui import runs_page
 from screenshots import CHROMIUM, CHROMIUM_ARGS, close_assistant, take_screenshots
 from services import mlflow_server
-TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--target_chips", "10", "--source", "bundled",
-        *as_flags(short_grids(4))]
+
+
 
 
 @pytest.mark.slow
-def test_runs_read_well_in_the_mlflow_ui(tracking_store, tmp_path):
+@pytest.mark.browser
+def test_runs_read_well_in_the_mlflow_ui(shared, tmp_path):
+    """The session's shared store: two tiny `main`s and a tiny sweep, as `mlflow run` made them."""
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does)"
-    assert run_cli("main", *TINY).returncode == 0
-    sweep = run_cli("sweep", *TINY, "--n_trials", "3", "--compare", "false", "--storage", f"sqlite:///{tmp_path / 'o.db'}")
-    assert sweep.returncode == 0, sweep.stderr[-2000:]
-    runs = {run.info.run_name: run for run in all_runs(tracking_store)}
+    assert CHROMIUM, "Chromium is needed: scripts/system-deps installs it (make test runs it)"
+    for name in ("main", "main_again", "sweep"):
+        shared.result(name)
+    tracking_store = shared.uri
+    runs = {run.info.run_name: run for run in sorted(all_runs(tracking_store), key=lambda run: run.info.start_time)}
     experiment = runs["main-mlp-1bit"].info.experiment_id
     qat, trials = runs["qat-mlp-1bit"], [runs[f"trial-00{i}"] for i in range(3)]
     shots = tmp_path / "screenshots"

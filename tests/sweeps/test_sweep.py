@@ -14,7 +14,7 @@ import pytest
 from pipeline.config import ConfigError
 from sweeps.space import load_space
 
-from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, run_mlflow_project, short_grids
+from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, short_grids
 
 TINY = ["--limit", "100", "--epochs", "3", "--hidden_units", "32", "--chips", "1", "--target_chips", "5", *as_flags(short_grids(2)), "--source", "bundled"]
 
@@ -154,14 +154,11 @@ def runs_of(uri, stage):
 
 
 @pytest.mark.slow
-def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
-    params = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, "target_chips": 10, **short_grids(3),
-              "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
-    result = run_mlflow_project("sweep", params)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Top 3 trials" in result.stdout and "mlflow ui" in result.stdout
-    (parent,) = runs_of(tracking_store, "sweep")
-    trials = runs_of(tracking_store, "trial")
+def test_default_sweep_end_to_end_through_mlflow_run(shared):
+    result = shared.result("sweep")  # `mlflow run . -e sweep` with SHARED_SWEEP, 3-level grids, its own Optuna store
+    assert "Top 3 trials" in result["stdout"] and "mlflow ui" in result["stdout"]
+    (parent,) = runs_of(shared.uri, "sweep")
+    trials = runs_of(shared.uri, "trial")
     assert parent.info.status == "FINISHED" and len(trials) == 3
     assert sorted(run.info.run_name for run in trials) == ["trial-000", "trial-001", "trial-002"]
     for run in trials:
@@ -172,7 +169,7 @@ def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
         assert run.data.metrics["model_size_packed_bytes"] > 0
     # Trials skip the conversion (same architecture in each); the best trial is converted and run at the end.
     best_run = parent.data.tags["best_trial_run_id"]
-    for run in runs_of(tracking_store, "trial"):
+    for run in trials:
         converted = run.info.run_id == best_run
         assert ("model_size_tflite_bytes" in run.data.metrics) == converted
         assert (run.data.tags["tflite_converter"] == "larq-compute-engine") == converted
@@ -180,7 +177,7 @@ def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
         assert ("deploy/model.tflite" in deployed) == converted and "deploy/hardware_manifest.json" in deployed
         if converted:  # verified by running it, on the best trial's run
             assert run.data.metrics["deployed_agreement"] >= 0.999 and run.data.metrics["deployed_latency_ms"] > 0
-    study = optuna.load_study(study_name=parent.data.tags["optuna_study"], storage=params["storage"])
+    study = optuna.load_study(study_name=parent.data.tags["optuna_study"], storage=f"sqlite:///{shared.directory / 'optuna.db'}")
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {run.info.run_id for run in trials}
     assert parent.data.metrics["best_target_accuracy"] == pytest.approx(study.best_value)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
@@ -189,7 +186,8 @@ def test_default_sweep_end_to_end_through_mlflow_run(tracking_store, tmp_path):
     top = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"sweep", "comparison"} <= top
     # The best trial was compared with a plain baseline and QAT, trained once under the sweep.
-    assert len(runs_of(tracking_store, "baseline")) == 1 and len(runs_of(tracking_store, "qat")) == 1
+    under_sweep = [run for run in all_runs(shared.uri) if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(run.data.tags["stage"] for run in under_sweep if run.data.tags["stage"] not in ("trial",)) == ["baseline", "prepare", "qat"]
 
 
 def sweep_command(storage, study, *extra):
@@ -364,6 +362,7 @@ def test_sweep_whose_models_meet_no_spec_finishes_with_its_comparison(tracking_s
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_two_workers_share_one_study_on_postgresql(tmp_path, monkeypatch):
     from services import mlflow_server, postgres
 
