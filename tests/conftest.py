@@ -114,10 +114,19 @@ def shared_directory(config) -> Path:
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-store"
 
 
+def reads_shared_store(item) -> bool:
+    return "shared_store" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests reading the shared store run last, so that its build overlaps the rest of the suite."""
+    items.sort(key=reads_shared_store)  # stable: the order of the others is kept
+
+
 def pytest_collection_finish(session):
     """If a selected test reads the shared store, the first test process to get here starts building it
     in the background, so that no worker waits idle for it (three mlflow runs, a few minutes)."""
-    if not any("shared_store" in getattr(item, "fixturenames", ()) for item in session.items):
+    if not any(reads_shared_store(item) for item in session.items):
         return
     directory = shared_directory(session.config)
     directory.mkdir(parents=True, exist_ok=True)

@@ -40,27 +40,35 @@ def newest(client, experiment_id: str, stage: str, parent: str | None = None):
     return runs[0] if runs else None
 
 
-def take_screenshots(store_uri: str, experiment_name: str, out: Path) -> list[Path]:
-    """The screenshots of the newest ``main`` run of ``experiment_name`` in ``store_uri``; returns their paths."""
-    from playwright.sync_api import sync_playwright
-
-    from pipeline.app.ui import runs_page
-
+def take_screenshots(store_uri: str, experiment_name: str, out: Path, url: str | None = None) -> list[Path]:
+    """The screenshots of the newest ``main`` run of ``experiment_name`` in ``store_uri``; returns their
+    paths. ``url``: an MLflow server already serving that store (default: one is started for them)."""
     mlflow.set_tracking_uri(store_uri)
     client = mlflow.MlflowClient(store_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     main = experiment and newest(client, experiment.experiment_id, "main")
     if main is None:
         raise SystemExit(f"no FINISHED main run in experiment {experiment_name!r} of {store_uri}: run `make main` first")
+    out.mkdir(parents=True, exist_ok=True)
+    if url is None:
+        with tempfile.TemporaryDirectory() as tmp, mlflow_server(Path(tmp), backend_store_uri=store_uri) as started:
+            return screenshots_of(started, client, experiment, main, out)
+    return screenshots_of(url, client, experiment, main, out)
+
+
+def screenshots_of(url: str, client, experiment, main, out: Path) -> list[Path]:
+    """The pages of :func:`take_screenshots`, from the server at ``url``."""
+    from playwright.sync_api import sync_playwright
+
+    from pipeline.app.ui import runs_page
+
     qat = newest(client, experiment.experiment_id, "qat", main.info.run_id)
     sweep = newest(client, experiment.experiment_id, "sweep")
-    out.mkdir(parents=True, exist_ok=True)
     written = []
-    with tempfile.TemporaryDirectory() as tmp, mlflow_server(Path(tmp), backend_store_uri=store_uri) as url, \
-            sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
-        page.goto(runs_page(url, experiment_name))
+        page.goto(runs_page(url, experiment.name))
         page.get_by_text(main.info.run_name).first.wait_for(timeout=60_000)
         close_assistant(page)
         for expander in page.locator('button[data-component-id*="runnamecellrenderer"]').all()[:1]:
@@ -79,8 +87,8 @@ def take_screenshots(store_uri: str, experiment_name: str, out: Path) -> list[Pa
         close_assistant(page)
         written.append(shot(page, out / "ui_comparison.png"))
         if sweep is not None:
-            trials = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'",
-                                        max_results=3)
+            trials = client.search_runs([experiment.experiment_id],
+                                        f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and tags.stage = 'trial'", max_results=3)
             ids = ",".join(f'"{run.info.run_id}"' for run in trials)
             page.goto(f'{url}/#/compare-runs?runs=[{ids}]&experiments=["{experiment.experiment_id}"]')
             page.get_by_text("Parallel Coordinates Plot").first.wait_for(timeout=60_000)

@@ -109,6 +109,7 @@ def raise_on_sigterm(signum, frame):  # noqa: ARG001
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, raise_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even when started with SIGINT ignored (a background job)
     args, unknown = build_parser().parse_known_args(argv)
     try:
         reject_unknown(args, unknown)

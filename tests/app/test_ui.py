@@ -21,19 +21,30 @@ from services import mlflow_server
 @pytest.mark.browser
 def test_runs_read_well_in_the_mlflow_ui(shared, tmp_path):
     """The session's shared store: two tiny `main`s and a tiny sweep, as `mlflow run` made them."""
-    from playwright.sync_api import sync_playwright
-
     assert CHROMIUM, "Chromium is needed: scripts/system-deps installs it (make test runs it)"
     for name in ("main", "main_again", "sweep"):
         shared.result(name)
     tracking_store = shared.uri
     runs = {run.info.run_name: run for run in sorted(all_runs(tracking_store), key=lambda run: run.info.start_time)}
     experiment = runs["main-mlp-1bit"].info.experiment_id
-    qat, trials = runs["qat-mlp-1bit"], [runs[f"trial-00{i}"] for i in range(3)]
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
-    with mlflow_server(tmp_path / "server", backend_store_uri=tracking_store) as url, sync_playwright() as playwright:
+    with mlflow_server(tmp_path / "server", backend_store_uri=tracking_store) as url:
+        browse_the_runs(url, experiment, runs, shots)
+        written = take_screenshots(tracking_store, "test-experiment", tmp_path / "docs", url=url)  # the documentation's command
+    for name in ("runs.png", "robustness_charts.png", "robustness_artifact.png", "compare_trials.png"):
+        assert (shots / name).stat().st_size > 20_000, name  # a real page, not a blank one
+    assert [path.name for path in written] == ["ui_runs.png", "ui_robustness_charts.png", "ui_comparison.png",
+                                              "ui_compare_trials.png"]
+    assert all(path.stat().st_size > 20_000 for path in written)
+
+
+def browse_the_runs(url, experiment, runs, shots):
+    qat, trials = runs["qat-mlp-1bit"], [runs[f"trial-00{i}"] for i in range(3)]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
 
@@ -82,13 +93,6 @@ def test_runs_read_well_in_the_mlflow_ui(shared, tmp_path):
         assert "perturb.noise_sigma" in body
         page.screenshot(path=shots / "compare_trials.png", full_page=True)
         browser.close()
-
-    for name in ("runs.png", "robustness_charts.png", "robustness_artifact.png", "compare_trials.png"):
-        assert (shots / name).stat().st_size > 20_000, name  # a real page, not a blank one
-    written = take_screenshots(tracking_store, "test-experiment", tmp_path / "docs")  # the documentation's command
-    assert [path.name for path in written] == ["ui_runs.png", "ui_robustness_charts.png", "ui_comparison.png",
-                                              "ui_compare_trials.png"]
-    assert all(path.stat().st_size > 20_000 for path in written)
 
 
 def test_every_stage_run_describes_itself(tracking_store):
