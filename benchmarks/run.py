@@ -347,8 +347,9 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
                 tables[key] = result.per_chip
         one, side = statistics.median(seconds["one_chip"]), statistics.median(seconds["side_by_side"])
         chosen = chips_side_by_side(model, model_targets(model, layers), RobustnessConfig(target=target), chips)
-        memory = {key: evaluation_peak_mb(arch, layers, config.chips, config.chips_per_pass, quick) if name == "mnist-bundled" else None
-                  for key, config in configs.items()}
+        memory = dict.fromkeys(configs)
+        if name == "mnist-bundled":
+            memory = dict(zip(configs, evaluation_peaks_mb(arch, layers, chips, [c.chips_per_pass for c in configs.values()], quick)))
         rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "data": name, "test_images": len(dataset.y_test),
                      "chips": chips, "one_chip_s": one, "side_by_side_s": side, "speedup": one / side,
                      "one_chip_peak_mb_added": memory["one_chip"], "side_by_side_peak_mb_added": memory["side_by_side"],
@@ -356,28 +357,38 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
     return rows
 
 
-def evaluation_peak_mb(arch: str, layers: str, chips: int, chips_per_pass: int, quick: bool) -> float:
-    """Peak resident memory a robustness evaluation adds (MB), measured in a fresh process."""
+def evaluation_peaks_mb(arch: str, layers: str, chips: int, chips_per_pass: list[int], quick: bool) -> list[float]:
+    """Peak resident memory a robustness evaluation adds (MB) for each ``chips_per_pass``, measured in a
+    fresh process each (a quick run: one process for all, the peak reset between them)."""
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "benchmarks.run", "--evaluation-peak", arch, layers, str(chips), str(chips_per_pass)]
-    command += ["--quick"] if quick else []
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb_added"]
+    groups = [chips_per_pass] if quick else [[value] for value in chips_per_pass]
+    peaks = []
+    for group in groups:
+        command = [sys.executable, "-m", "benchmarks.run", "--evaluation-peak", arch, layers, str(chips), ",".join(map(str, group))]
+        command += ["--quick"] if quick else []
+        result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+        peaks += json.loads(result.stdout.strip().splitlines()[-1])["peak_mb_added"]
+    return peaks
 
 
-def measure_evaluation_peak(arch: str, layers: str, chips: int, chips_per_pass: int, quick: bool) -> dict:
+def measure_evaluation_peaks(arch: str, layers: str, chips: int, chips_per_pass: list[int], quick: bool) -> dict:
+    """In this process: the resident-memory peak each evaluation adds, the peak (VmHWM) reset before each."""
     from sweeps.study import resident_memory_mb
 
     data = prepare(DataConfig(source="bundled", limit=300 if quick else 0))
     seed_everything(0)
     model = build_model(ModelConfig(arch=arch, bits=1))
     target = ALL_EFFECTS.replace(perturb_layers=layers)
-    before = resident_memory_mb("VmHWM")
-    config = RobustnessConfig(QUICK_GRIDS if quick else {}, chips=chips, target_chips=chips, target=target, chips_per_pass=chips_per_pass)
-    evaluate_robustness(model, data, config, progress=None)
-    return {"peak_mb_added": resident_memory_mb("VmHWM") - before}
+    peaks = []
+    for per_pass in chips_per_pass:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := the current resident size
+        before = resident_memory_mb("VmHWM")
+        config = RobustnessConfig(QUICK_GRIDS if quick else {}, chips=chips, target_chips=chips, target=target, chips_per_pass=per_pass)
+        evaluate_robustness(model, data, config, progress=None)
+        peaks.append(resident_memory_mb("VmHWM") - before)
+    return {"peak_mb_added": peaks}
 
 
 def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
@@ -563,7 +574,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.evaluation_peak:
         arch, layers, chips, per_pass = args.evaluation_peak
-        print(json.dumps(measure_evaluation_peak(arch, layers, int(chips), int(per_pass), args.quick)))
+        print(json.dumps(measure_evaluation_peaks(arch, layers, int(chips), [int(value) for value in per_pass.split(",")], args.quick)))
         return 0
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -88,13 +88,15 @@ def run_mlflow_project(entry_point: str, params: dict, timeout: int = 900, env: 
 
 #: the tiny settings of the shared end-to-end runs (tests compare what they read with these)
 SHARED_MAIN = {"epochs": 2, "limit": 200, "hidden_units": "128,128", "source": "bundled", "chips": 2, "target_chips": 10}
+SHARED_SENSITIVITY = {"perturb_layers": "dense", "chips": 2, "target_chips": 4}  #: of the first main's 1-bit model, 2-level grids
 SHARED_SWEEP = {"n_trials": 3, "limit": 150, "epochs": 2, "hidden_units": "64", "chips": 2, "target_chips": 10}
 
 
 @dataclass(frozen=True)
 class SharedStore:
-    """The session's store of end-to-end runs, each made through ``mlflow run`` as a user would, in
-    this order: ``main``, the same ``main`` again (it reuses the first one's prepare run), ``sweep``.
+    """The session's store of end-to-end runs, made as a user would, in this order: ``main``, the same
+    ``main`` again (it reuses the first one's prepare run), ``sweep`` (each through ``mlflow run``),
+    ``sensitivity`` of the first main's 1-bit model (the command line).
     ``results`` holds each command's return code, stdout and stderr, by name."""
 
     uri: str
@@ -161,6 +163,11 @@ def shared_store(request) -> SharedStore:
     return SharedStore(f"sqlite:///{directory / 'mlflow.db'}", directory, json.loads((directory / "results.json").read_text()))
 
 
+def first_main_id(uri: str) -> str:
+    """The run id of the store's first ``main``."""
+    return min((run for run in all_runs(uri) if run.data.tags.get("stage") == "main"), key=lambda run: run.info.start_time).info.run_id
+
+
 def build_shared_store(directory: Path) -> None:
     """Makes the shared store's runs (in the builder process); ``results.json`` appears last, complete."""
     import mlflow
@@ -177,6 +184,11 @@ def build_shared_store(directory: Path) -> None:
         for name, (entry_point, params) in commands.items():
             done = run_mlflow_project(entry_point, params, env=env)
             results[name] = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+        (qat,) = [run for run in all_runs(uri) if run.data.tags.get("stage") == "qat" and run.info.run_name == "qat-mlp-1bit"
+                  and run.data.tags.get("mlflow.parentRunId") == first_main_id(uri)]
+        arguments = ["sensitivity", "--run_id", qat.info.run_id, *as_flags({**SHARED_SENSITIVITY, **short_grids(2)})]
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", *arguments], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900, env=env)
+        results["sensitivity"] = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
     except Exception as error:  # every reader gets the reason instead of waiting for a file that never comes
         results.setdefault("error", {"returncode": 1, "stdout": "", "stderr": repr(error)})
     finally:

@@ -165,15 +165,21 @@ def test_cleanup_leaves_live_runs_alone(tracking_store):
 
 
 @pytest.mark.slow
-def test_same_command_same_seed_same_numbers(tracking_store):
-    for _ in range(2):
-        assert run_cli("qat", *TINY, "--data_uri", "").returncode == 0
-    qat = sorted((r for r in all_runs(tracking_store) if r.data.tags["stage"] == "qat"), key=lambda r: r.info.start_time)
-    assert len(qat) == 2
-    first, second = (r.data.metrics for r in qat)
-    assert first["test_accuracy"] == second["test_accuracy"] and first["test_loss"] == second["test_loss"]
-    tables = [pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{r.info.run_id}/robustness/chips.csv")) for r in qat]
-    pd.testing.assert_frame_equal(*tables)
+def test_same_command_same_seed_same_numbers(shared):
+    """The shared store's two `main`s are the same command with the same seed: every model trains to the
+    same numbers and every chip of its robustness table reads the same."""
+    shared.result("main_again")
+    mains = sorted((r for r in all_runs(shared.uri) if r.data.tags["stage"] == "main"), key=lambda r: r.info.start_time)
+    children = [{r.data.tags["stage"]: r for r in all_runs(shared.uri) if r.data.tags.get("mlflow.parentRunId") == main.info.run_id}
+                for main in mains]
+    trained = ("baseline", "qat", "compared", "perturb")
+    assert all(set(trained) <= set(runs) for runs in children)
+    for stage in trained:
+        first, second = (runs[stage] for runs in children)
+        for metric in ("test_accuracy", "test_loss", "robust_acc_target", "deployed_accuracy"):
+            assert first.data.metrics[metric] == second.data.metrics[metric], (stage, metric)
+        tables = [pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{r.info.run_id}/robustness/chips.csv")) for r in (first, second)]
+        pd.testing.assert_frame_equal(*tables)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import dataclasses
 import mlflow
 import pytest
 
-from conftest import all_runs, as_flags, run_cli, short_grids
+from conftest import all_runs, first_main_id, run_cli, short_grids
 from pipeline.config import ModelConfig, RobustnessConfig, TrainConfig
 from pipeline.effects import EFFECT_NAMES
 from pipeline.perturbation import PerturbationConfig
@@ -58,18 +58,14 @@ def test_a_layer_alone_is_the_robustness_evaluation_of_that_layer(tiny_data):
 
 
 @pytest.mark.slow
-def test_sensitivity_entry_point_logs_a_linked_run_with_heatmap_and_ranking(tracking_store):
-    tiny = ["--limit", "150", "--epochs", "2", "--hidden_units", "32,32", "--chips", "2", "--target_chips", "4",
-            "--source", "bundled", *as_flags(short_grids(2))]
-    trained = run_cli("qat", *tiny)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    (qat,) = [run for run in all_runs(tracking_store) if run.data.tags.get("stage") == "qat"]
-    result = run_cli("sensitivity", "--run_id", qat.info.run_id, "--perturb_layers", "dense", "--chips", "2",
-                     "--target_chips", "4", *as_flags(short_grids(2)))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Which layer to protect first" in result.stdout and "**first**" in result.stdout
-    (run,) = [run for run in all_runs(tracking_store) if run.data.tags.get("stage") == "sensitivity"]
-    assert run.info.status == "FINISHED" and run.data.tags["model_run_id"] == qat.info.run_id
+def test_sensitivity_entry_point_logs_a_linked_run_with_heatmap_and_ranking(shared):
+    """The shared store's `sensitivity` of its first main's 1-bit model (`--perturb_layers dense`)."""
+    result = shared.result("sensitivity")
+    assert "Which layer to protect first" in result["stdout"] and "**first**" in result["stdout"]
+    (run,) = [run for run in all_runs(shared.uri) if run.data.tags.get("stage") == "sensitivity"]
+    qat = mlflow.get_run(run.data.tags["model_run_id"])
+    assert qat.data.tags["stage"] == "qat" and qat.data.tags["mlflow.parentRunId"] == first_main_id(shared.uri)
+    assert run.info.status == "FINISHED"
     assert run.data.tags["most_sensitive_layer"] in ("dense_1", "dense_2", "dense_out")
     assert {f"sensitivity/{layer}/target_drop" for layer in ("dense_1", "dense_2", "dense_out")} <= set(run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "sensitivity")}
@@ -77,4 +73,4 @@ def test_sensitivity_entry_point_logs_a_linked_run_with_heatmap_and_ranking(trac
     # an unknown layer: a named error before any run; nothing recorded changes
     bad = run_cli("sensitivity", "--run_id", qat.info.run_id, "--perturb_layers", "dense_9")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: perturb_layers: ")
-    assert len([r for r in all_runs(tracking_store) if r.data.tags.get("stage") == "sensitivity"]) == 1
+    assert len([r for r in all_runs(shared.uri) if r.data.tags.get("stage") == "sensitivity"]) == 1

@@ -197,8 +197,8 @@ def sweep_command(storage, study, *extra):
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_and_leaves_nothing_running(tracking_store, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    # 100 epochs: trials long enough (seconds) that the signal lands inside trial 1, not after the study
-    command = sweep_command(storage, "resume-me", "--n_trials", "3", "--compare", "false", "--epochs", "100")
+    # 30 epochs: trials long enough (seconds) that the signal lands inside trial 1, not after the study
+    command = sweep_command(storage, "resume-me", "--n_trials", "3", "--compare", "false", "--epochs", "30")
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not any(run.data.tags.get("optuna_trial") == "1" for run in runs_of(tracking_store, "trial")):  # mid-study
