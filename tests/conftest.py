@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,7 +128,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     """If a selected test reads the shared store, the first test process to get here starts building it
-    in the background, so that no worker waits idle for it (three mlflow runs, a few minutes)."""
+    in the background, so that no worker waits idle for it (four commands, a few minutes)."""
     if not any(reads_shared_store(item) for item in session.items):
         return
     directory = shared_directory(session.config)
@@ -139,7 +140,7 @@ def pytest_collection_finish(session):
     log = open(directory / "build.log", "w")
     code = "import sys, pathlib; sys.path.insert(0, sys.argv[1]); import conftest; conftest.build_shared_store(pathlib.Path(sys.argv[2]))"
     session.config.shared_builder = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(directory)],
-                                                     stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+                                                     stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, start_new_session=True)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -147,13 +148,13 @@ def pytest_sessionfinish(session, exitstatus):
     builder = getattr(session.config, "shared_builder", None)
     if builder is not None and builder.poll() is None:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
-            builder.kill()
+            os.killpg(builder.pid, signal.SIGKILL)  # the builder and the commands it runs
         builder.wait()
 
 
 @pytest.fixture(scope="session")
 def shared_store(request) -> SharedStore:
-    """One tiny ``main`` (twice) and one tiny ``sweep`` through ``mlflow run``, built once per session
+    """The runs of :class:`SharedStore`, built once per session
     in the background (:func:`pytest_collection_finish`); waits until they are done."""
     directory = shared_directory(request.config)
     deadline = time.time() + 1800
