@@ -67,11 +67,11 @@ def all_runs(uri: str):
     return client.search_runs(experiments, max_results=1000)
 
 
-def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m pipeline.cli ARGS`` in a subprocess with the current environment."""
+def run_cli(*args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m pipeline.cli ARGS`` in a subprocess (default: with the current environment)."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env=dict(os.environ),
+        timeout=timeout, env=env if env is not None else dict(os.environ),
     )
 
 
@@ -164,9 +164,14 @@ def shared_store(request) -> SharedStore:
     return SharedStore(f"sqlite:///{directory / 'mlflow.db'}", directory, json.loads((directory / "results.json").read_text()))
 
 
+def main_runs(uri: str) -> list:
+    """The store's ``main`` runs, oldest first."""
+    return sorted((run for run in all_runs(uri) if run.data.tags.get("stage") == "main"), key=lambda run: run.info.start_time)
+
+
 def first_main_id(uri: str) -> str:
     """The run id of the store's first ``main``."""
-    return min((run for run in all_runs(uri) if run.data.tags.get("stage") == "main"), key=lambda run: run.info.start_time).info.run_id
+    return main_runs(uri)[0].info.run_id
 
 
 def build_shared_store(directory: Path) -> None:
@@ -182,14 +187,13 @@ def build_shared_store(directory: Path) -> None:
         grids = short_grids(3)
         commands = {"main": ("main", {**SHARED_MAIN, **grids}), "main_again": ("main", {**SHARED_MAIN, **grids}),
                     "sweep": ("sweep", {**SHARED_SWEEP, **grids, "storage": f"sqlite:///{directory / 'optuna.db'}"})}
+        kept = lambda done: {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}  # noqa: E731
         for name, (entry_point, params) in commands.items():
-            done = run_mlflow_project(entry_point, params, env=env)
-            results[name] = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
-        (qat,) = [run for run in all_runs(uri) if run.data.tags.get("stage") == "qat" and run.info.run_name == "qat-mlp-1bit"
-                  and run.data.tags.get("mlflow.parentRunId") == first_main_id(uri)]
-        arguments = ["sensitivity", "--run_id", qat.info.run_id, *as_flags({**SHARED_SENSITIVITY, **short_grids(2)})]
-        done = subprocess.run([sys.executable, "-m", "pipeline.cli", *arguments], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900, env=env)
-        results["sensitivity"] = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+            results[name] = kept(run_mlflow_project(entry_point, params, env=env))
+        first_main = first_main_id(uri)
+        (qat,) = [run for run in all_runs(uri) if run.data.tags.get("stage") == "qat" and run.data.tags.get("mlflow.parentRunId") == first_main]
+        arguments = ["--run_id", qat.info.run_id, *as_flags({**SHARED_SENSITIVITY, **short_grids(2)})]
+        results["sensitivity"] = kept(run_cli("sensitivity", *arguments, timeout=900, env=env))
     except Exception as error:  # every reader gets the reason instead of waiting for a file that never comes
         results.setdefault("error", {"returncode": 1, "stdout": "", "stderr": repr(error)})
     finally:

@@ -3,7 +3,7 @@
 import mlflow
 import pytest
 
-from conftest import SHARED_MAIN, all_runs, first_main_id, run_cli, run_mlflow_project, short_grids
+from conftest import SHARED_MAIN, all_runs, first_main_id, main_runs, run_cli, run_mlflow_project, short_grids
 from pipeline.app.compare import ROBUSTNESS_COLUMNS as ROBUSTNESS_METRICS
 
 TINY = {**SHARED_MAIN, **short_grids(3)}
@@ -103,7 +103,7 @@ def test_a_second_main_with_the_same_parameters_reuses_the_finished_prepare_run(
         if "mlflow.parentRunId" not in run.data.tags:
             tops.setdefault(run.data.tags["stage"], []).append(run)
     assert {stage: len(runs) for stage, runs in tops.items()} == {"main": 2, "sweep": 1, "sensitivity": 1}  # nothing else at the top
-    first, newest = sorted(tops["main"], key=lambda run: run.info.start_time)
+    first, newest = main_runs(shared.uri)
     assert len(runs_by_stage(shared.uri, newest.info.run_id).get("prepare", [])) == 0  # no new prepare run under it
     assert newest.data.tags["data_run_id"] == first.data.tags["data_run_id"]
     assert newest.data.tags["data_reused"] == "True" and first.data.tags["data_reused"] == "False"

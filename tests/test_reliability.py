@@ -10,7 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import PROJECT_ROOT, all_runs, as_flags, run_cli, short_grids
+from conftest import PROJECT_ROOT, all_runs, as_flags, main_runs, run_cli, short_grids
 from services import free_port, mlflow_server, postgres
 
 TINY = ["--limit", "150", "--epochs", "2", "--hidden_units", "64", "--chips", "2", "--target_chips", "10", "--source", "bundled",
@@ -169,9 +169,8 @@ def test_same_command_same_seed_same_numbers(shared):
     """The shared store's two `main`s are the same command with the same seed: every model trains to the
     same numbers and every chip of its robustness table reads the same."""
     shared.result("main_again")
-    mains = sorted((r for r in all_runs(shared.uri) if r.data.tags["stage"] == "main"), key=lambda r: r.info.start_time)
     children = [{r.data.tags["stage"]: r for r in all_runs(shared.uri) if r.data.tags.get("mlflow.parentRunId") == main.info.run_id}
-                for main in mains]
+                for main in main_runs(shared.uri)]
     trained = ("baseline", "qat", "compared", "perturb")
     assert all(set(trained) <= set(runs) for runs in children)
     for stage in trained:
