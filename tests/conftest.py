@@ -3,9 +3,12 @@ store of end-to-end runs built once per test session and read by the tests that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,15 +32,30 @@ def tiny_data() -> PreparedData:
     return prepare(DataConfig(source="bundled", limit=300, seed=7))
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty SQLite tracking store, its schema created by MLflow once per test process (two
+    seconds of migrations that every fresh store would otherwise repeat)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
 @pytest.fixture()
-def tracking_store(tmp_path, monkeypatch):
+def tracking_store(tmp_path, monkeypatch, empty_store):
     """A fresh SQLite tracking store with its artifacts under ``tmp_path``; returns its URI.
 
     Sets MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME for this process and its children.
     """
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store, path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # this store's own default experiment folder
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),))
+    uri = f"sqlite:///{path}"
     use_tracking_store(uri, monkeypatch)
     mlflow.MlflowClient(uri).create_experiment(TEST_EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment(TEST_EXPERIMENT)

