@@ -14,7 +14,6 @@ from matplotlib import pyplot
 from pipeline.app import stages, tracking
 from pipeline.evaluation.statistics import estimate_text
 from pipeline.config import ModelConfig, RobustnessConfig, TrainConfig, flatten
-from pipeline.effects import PARAMETERS
 from pipeline.validation import ConfigError
 from sweeps.config import Objective, SweepConfig
 from sweeps.space import Range, SearchSpace, levels_from
@@ -121,11 +120,10 @@ def allows_beyond(name: str, side: str, space: SearchSpace, point: dict) -> bool
         beyond = spec.low - 1 if side == "lower" else spec.high + 1
     else:
         beyond = at_position(spec, -BEYOND if side == "lower" else 1 + BEYOND)
-    effect = PARAMETERS[name]
     try:
-        params = levels_from(point).params(effect)  # the best point's values of this effect (implicit ones inferred)
+        params = levels_from(point).params_of(name)  # the best point's values of this effect (implicit ones inferred)
     except ConfigError:  # an older trial outside today's space: the space's lowest corner (a valid one)
-        params = levels_from({**space.fixed, **{other: r.low for other, r in space.ranges.items()}}).params(effect)
+        params = levels_from({**space.fixed, **{other: r.low for other, r in space.ranges.items()}}).params_of(name)
     try:
         dataclasses.replace(params, **{name: beyond})  # validated on construction
     except ConfigError:

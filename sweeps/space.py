@@ -9,6 +9,7 @@ changes that default::
       noise_sigma: {low: 0.0, high: 0.6}            # a float range, linear
       weight_dev_pct: {low: 1.0, high: 60.0, log: true}
       out_bits: {low: 3, high: 8}                   # an integer range (the parameter is an integer)
+      tile_rows: {low: 64, high: 512, log: true}    # the tiles' rows (the target's tiles stay the chip's)
       # clip_min: {low: -256, high: -32}            # absolute saturation instead of clip_fraction:
       # clip_max: {low: 31, high: 255}              # ... both bounds, and `clip_fraction: null`
       weight_ber: null                              # not searched: the parameter keeps its default
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.effects import EFFECTS, PARAMETERS, SearchRange
-from pipeline.perturbation import PerturbationConfig, load_target, read_yaml_mapping, target_from_mapping
+from pipeline.effects import EFFECTS, SearchRange
+from pipeline.perturbation import HARDWARE_PARAMETERS, PerturbationConfig, load_target, read_yaml_mapping, target_from_mapping
 from pipeline.validation import ConfigError
 
 DEFAULT_SPACE_FILE = "sweeps/space.yaml"
@@ -77,7 +78,7 @@ def kind(name: str) -> str:
     """``float``, ``int`` or ``fixed`` (enums and text can only be fixed), from the parameter's declared type."""
     if name == LAYERS:
         return "fixed"
-    declared = typing.get_type_hints(PARAMETERS[name].params)[name]
+    declared = typing.get_type_hints(HARDWARE_PARAMETERS[name])[name]
     types = set(typing.get_args(declared)) or {declared}
     return "float" if float in types else "int" if int in types else "fixed"
 
@@ -110,7 +111,7 @@ def parse_params(params: Any, where: str) -> tuple[dict[str, Range], dict[str, A
     if not isinstance(params, dict):
         raise ConfigError(where, "must be a mapping of parameter names to ranges or fixed values")
     ranges, fixed = default_space()
-    allowed = [*PARAMETERS, LAYERS]
+    allowed = [*HARDWARE_PARAMETERS, LAYERS]
     for name, spec in params.items():
         entry = f"{where}.{name}"
         if name not in allowed:

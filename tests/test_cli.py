@@ -36,6 +36,12 @@ from pipeline.perturbation import PerturbationConfig
         (["perturb", "--clip_min", "10", "--clip_max", "5"], "clip_max"),
         (["perturb", "--clip_min", "0", "--clip_max", "255", "--out_bits", "0"], "out_bits"),
         (["perturb", "--clip_fraction", "1.5"], "clip_fraction"),
+        (["perturb", "--tile_rows", "0"], "tile_rows"),
+        (["perturb", "--tile_rows", "2.5"], "tile_rows"),
+        (["perturb", "--acc_bits", "33"], "acc_bits"),
+        (["perturb", "--acc_bits", "8", "--acc_format", "gray"], "acc_format"),
+        (["perturb", "--acc_bits", "8", "--clip_min", "0", "--clip_max", "255"], "acc_bits"),
+        (["perturb", "--bits", "2", "--acc_bits", "8", "--acc_format", "popcount"], "acc_format"),  # no +-1 products
         (["main", "--perturb_layers", "dense_1,dense_7"], "perturb_layers"),
         (["perturb", "--arch", "cnn", "--perturb_layers", "dense_2"], "perturb_layers"),
         (["qat", "--chips", "0"], "chips"),

@@ -176,6 +176,8 @@ def robustness_figure(curves_by_model: Mapping[str, pd.DataFrame], title: str) -
             positive = [level for level in effect.curve.grid if level > 0]
             axes.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
             axes.set_xlim(left=0)  # no negative decades left of the 0 level
+        if effect.curve.integer:  # whole numbers (bits): integer ticks only
+            axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if effect.curve.stronger_when_smaller:
             axes.invert_xaxis()  # the stronger effect to the right
     panels[0].set_ylabel("test accuracy (%)  [band: 95% CI of the mean over chips]")

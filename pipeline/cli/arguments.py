@@ -17,8 +17,8 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConfig, as_text
-from pipeline.effects import EFFECTS, PARAMETERS
-from pipeline.perturbation import TARGET_HARDWARE_FILE, PerturbationConfig, load_target
+from pipeline.effects import EFFECTS
+from pipeline.perturbation import HARDWARE_PARAMETERS, TARGET_HARDWARE_FILE, PerturbationConfig, TileParams, load_target
 from pipeline.validation import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  #: where MLproject is
@@ -83,6 +83,7 @@ def add_perturbation_arguments(parser: argparse.ArgumentParser) -> None:
     for effect in EFFECTS:
         add_config_arguments(parser, effect.params, f"{title}: {effect.name}", not_given=True)
         title = "hardware model for training"
+    add_config_arguments(parser, TileParams, f"{title}: tiles", not_given=True)
     parser.add_argument("--perturb_layers", default="", help="hidden | dense | all | comma-separated layer names")
 
 
@@ -127,7 +128,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def perturbation_config(args: argparse.Namespace, target: PerturbationConfig) -> PerturbationConfig:
     """The training levels: those given (others off), or the target hardware's when none is given;
     on ``perturb_layers`` when given, else the target's layers."""
-    levels = {name: getattr(args, name) for name in PARAMETERS if getattr(args, name) != ""}
+    levels = {name: getattr(args, name) for name in HARDWARE_PARAMETERS if getattr(args, name) != ""}
     layers = args.perturb_layers or target.perturb_layers
     return PerturbationConfig.from_text(**levels, perturb_layers=layers) if levels else target.replace(perturb_layers=layers)
 

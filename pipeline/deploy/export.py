@@ -46,10 +46,9 @@ import pipeline  # noqa: F401
 import larq as lq
 import tensorflow as tf
 
-from pipeline.hwmodel.quantizers import Precision, UnknownQuantizer, precision_of
+from pipeline.hwmodel.quantizers import PIXEL_BITS, Precision, UnknownQuantizer, precision_of
 
 LCE, TFLITE = "larq-compute-engine", "tflite"  #: the converters (tag ``tflite_converter``)
-PIXEL_BITS = 8  #: the image's pixels p in 0..255, given to the model as x = p/127.5 - 1
 SHAPE_ONLY = (tf.keras.layers.Flatten, tf.keras.layers.Reshape)
 
 

@@ -19,10 +19,13 @@ denominators, e.g. 255 for a 1-bit first layer), or ``y`` is real (float layers)
 * **clean_range**: [min, max] of y over the calibration images, plain model -- measured by
   :func:`pipeline.hwmodel.chips.calibrate`, the same measurement relative saturation uses at evaluation.
 * **effects** (``trained_with``, ``target``): the active effects' parameters, only on the layers
-  the configuration targets (null: not targeted; {}: targeted, nothing active). Saturation adds
-  ``bounds`` = [clip_min, clip_max] (absolute) or clip_fraction * clean_range (relative; in
-  training each batch's own range was used), and the ADC ``levels`` = 2^out_bits and
-  ``step`` = (hi - lo) / (levels - 1).
+  the configuration targets (null: not targeted; {}: targeted, nothing active), and ``tiles``: one
+  entry per partial sum (:mod:`pipeline.hwmodel.tiles`: a tile of ``rows`` rows, and its bit-serial
+  ``pass`` b), in that partial's **integer hardware units** (``unit`` x y; a bit-serial pass: its
+  own +-1 popcount sum): its ``clean_range`` (calibrated, plain model), the saturation ``bounds``
+  (absolute, clip_fraction x the tile's clean range -- in training each batch's own -- or the
+  acc_bits register; a popcount tile also gives its counter's ``count_range`` [0, min(N_t, 2^k - 1)])
+  and the ADC's ``levels`` = 2^out_bits and ``step`` = (hi - lo) / (levels - 1) over what it reads.
 * **batchnorm**: the BatchNorm after the layer folded per unit, ``BN(y) = scale*y + offset``,
   ``scale = gamma / sqrt(var + eps)``, ``offset = beta - mean*scale`` (gamma = 1 in these models,
   BatchNorm ``scale=False``). A max pool between layer and BatchNorm acts on y first; max commutes
@@ -49,10 +52,11 @@ import pipeline  # noqa: F401
 import larq as lq
 import tensorflow as tf
 
-from pipeline.hwmodel.chips import attach_hardware, calibrate, model_targets
-from pipeline.deploy.export import PIXEL_BITS
+from pipeline.effects import EFFECTS, OUTPUT_EFFECTS, converter_range
+from pipeline.effects.base import OutputContext
+from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_layers, model_targets
 from pipeline.perturbation import PerturbationConfig
-from pipeline.hwmodel.quantizers import input_precision, kernel_precision, precision_of, quantized_layers
+from pipeline.hwmodel.quantizers import PIXEL_BITS, input_precision, kernel_precision, precision_of, quantized_layers
 
 INPUT_ENCODING = "8-bit pixels p, x = p/127.5 - 1"
 PIXEL_LEVELS = [p / 127.5 - 1.0 for p in range(2**PIXEL_BITS)]
@@ -80,8 +84,10 @@ def hardware_manifest(model: tf.keras.Model, images: np.ndarray, trained_with: P
     ranges = calibrate(attach_hardware(model, PerturbationConfig(), names), np.asarray(images, np.float32))
     perturbations = {"trained_with": trained_with, "target": target}
     targets = {key: model_targets(model, config.perturb_layers) if config else () for key, config in perturbations.items()}
-    entries = [layer_entry(model, layer, index == 0, ranges[layer.name],
-                           {key: config if layer.name in targets[key] else None for key, config in perturbations.items()})
+    tiled = {key: config and tiled_layers(model, config, targets[key], images) for key, config in perturbations.items()}
+    entries = [layer_entry(model, layer, index == 0, ranges[layer.name][0],
+                           {key: config and tiled[key].get(layer.name) and (config, tiled[key][layer.name])
+                            for key, config in perturbations.items()})
                for index, layer in enumerate(layers)]
     return {
         "model": model.name, "bits": entries[0]["weight_bits"], "input_encoding": INPUT_ENCODING, "conventions": CONVENTIONS,
@@ -91,9 +97,17 @@ def hardware_manifest(model: tf.keras.Model, images: np.ndarray, trained_with: P
     }
 
 
+def tiled_layers(model: tf.keras.Model, config: PerturbationConfig, targets, images: np.ndarray) -> dict[str, tuple]:
+    """Per layer ``config`` targets: the layer as attached with it (its tiles) and its partials' clean ranges."""
+    copy = attach_hardware(model, config, targets)
+    ranges = calibrate(copy, np.asarray(images, np.float32))
+    return {layer.name: (layer, ranges[layer.name]) for layer in hardware_layers(copy)}
+
+
 def layer_entry(model: tf.keras.Model, layer, first: bool, clean_range: tuple[float, float],
-                perturbations: dict[str, PerturbationConfig | None]) -> dict[str, Any]:
-    """One quantized layer; ``perturbations``: each configuration, or None where it does not target the layer."""
+                perturbations: dict[str, tuple | None]) -> dict[str, Any]:
+    """One quantized layer; ``perturbations``: each configuration with the layer attached with it and its
+    partials' clean ranges, or None where it does not target the layer."""
     pool, bn, relu, following = successors(model, layer)
     weight_levels = kernel_precision(layer).levels
     input_levels = PIXEL_LEVELS if first else input_precision(layer).levels
@@ -104,7 +118,7 @@ def layer_entry(model: tf.keras.Model, layer, first: bool, clean_range: tuple[fl
         "input_bits": PIXEL_BITS if first else input_precision(layer).storage_bits,
         "weight_levels": weight_levels, "input_levels": input_levels,
         "accumulator": accumulator,
-        "effects": {key: config and effect_entries(config, clean_range) for key, config in perturbations.items()},
+        "effects": {key: given and effect_entries(*given) for key, given in perturbations.items()},
         "pool": pool and {"kind": "max", "pool_size": list(pool.pool_size), "strides": list(pool.strides)},
         "batchnorm": folded(bn),
         "activation": activation(bn, relu, following, fan_in(layer) if accumulator["integer"] else None),
@@ -165,11 +179,33 @@ def accumulator_entry(layer, input_levels, weight_levels, clean_range) -> dict[s
             "clean_range": [float(clean_range[0]), float(clean_range[1])]}
 
 
-def effect_entries(config: PerturbationConfig, clean_range: tuple[float, float]) -> dict[str, dict[str, Any]]:
-    """The active effects' parameters, and what each records in accumulator units (its ``manifest_entry``)."""
+def effect_entries(config: PerturbationConfig, attached: tuple) -> dict[str, Any]:
+    """The active effects' parameters, and ``tiles``: per partial sum, what each output effect records
+    in that partial's integer hardware units (its ``manifest_entry``)."""
     levels = config.parameters()
-    return {effect.name: {**{name: levels[name] for name in params.field_names()}, **effect.manifest_entry(params, clean_range)}
-            for effect, params in config if params.active}
+    entries: dict[str, Any] = {effect.name: {name: levels[name] for name in params.field_names()}
+                               for effect, params in config if params.active}
+    return {**entries, "tiles": tile_entries(config, *attached)} if entries else entries
+
+
+def tile_entries(config: PerturbationConfig, layer, ranges: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """One entry per partial of ``layer`` (attached with ``config``), in integer hardware units."""
+    tiling, accumulator = layer.tiling, layer.accumulator()
+    lo, hi = (np.array([bound[side] for bound in ranges], np.float32) for side in (0, 1))
+    context = OutputContext(lambda: (tf.constant(lo), tf.constant(hi)), normal=None, accumulator=accumulator)
+    levels = {effect.name: effect.run_levels(config.params(effect)) for effect in EFFECTS}
+    scale = accumulator.unit or 1.0
+    read = [np.broadcast_to(np.asarray(bound, np.float64), lo.shape) * scale for bound in converter_range(levels, context)]
+    entries = []
+    for index, rows in enumerate(tiling.partial_rows.astype(int).tolist()):
+        entry = {"tile": index // tiling.passes, "rows": rows, **({"pass": index % tiling.passes} if tiling.passes > 1 else {}),
+                 "unit": scale, "clean_range": [float(lo[index]) * scale, float(hi[index]) * scale]}
+        full_scale = (float(read[0][index]), float(read[1][index]))
+        for effect in OUTPUT_EFFECTS:
+            if config.params(effect).active and (recorded := effect.manifest_entry(config.params(effect), full_scale)):
+                entry[effect.name] = recorded
+        entries.append(entry)
+    return entries
 
 
 def folded(bn: tf.keras.layers.BatchNormalization) -> dict[str, Any]:

@@ -38,6 +38,19 @@ EFFECT_NAMES = tuple(effect.name for effect in EFFECTS)
 PARAMETERS = {name: effect for effect in EFFECTS for name in effect.params.field_names()}  #: parameter -> its effect
 
 
+def converter_range(levels: dict, context):
+    """What a converter reads on each partial: the limits of the active output effects (the last one's
+    wins: saturation), else the clean range; ``levels`` by effect name, Python values or variables."""
+    from pipeline.effects.base import select
+
+    lo, hi = context.clean_range()
+    for effect in OUTPUT_EFFECTS:
+        if (limits := effect.limits(levels[effect.name], context)) is not None:
+            on = effect.is_on(levels[effect.name])
+            lo, hi = select(on, limits[0], lo), select(on, limits[1], hi)
+    return lo, hi
+
+
 def markdown_table() -> str:
     """The table of docs/hardware-model.md (``python -m pipeline.effects --page docs/hardware-model.md``)."""
     plain = lambda value: str(getattr(value, "value", value)).replace("None", "none")  # noqa: E731
@@ -51,4 +64,4 @@ def markdown_table() -> str:
 
 
 __all__ = ["EFFECTS", "EFFECT_NAMES", "Effect", "EffectParams", "KERNEL_EFFECTS", "OUTPUT_EFFECTS", "PARAMETERS", "Sampling",
-           "SearchRange", "markdown_table"]
+           "SearchRange", "converter_range", "markdown_table"]

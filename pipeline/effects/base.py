@@ -52,6 +52,7 @@ class Curve:
     label: str  #: axis label, with units
     log: bool = False  #: a log axis (symmetric-log when the grid holds 0)
     stronger_when_smaller: bool = False  #: e.g. a clip fraction: the axis is reversed in plots
+    integer: bool = False  #: the levels are whole numbers (e.g. bits): integer ticks
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)  #: other parameters of every point
 
 
@@ -84,10 +85,22 @@ class EffectParams:
         return tuple(f.name for f in dataclasses.fields(cls))
 
 
+@dataclasses.dataclass(frozen=True)
+class Accumulator:
+    """What a layer's partial sums are in hardware terms (``pipeline.hwmodel.tiles``): one partial per
+    tile (and bit-serial pass), each an output effect sees as an example of its own."""
+
+    unit: float | None  #: u: ``u * y`` is the integer the accumulator holds (None: real-valued, no integer form)
+    popcount: bool  #: every partial is an XNOR-popcount of +-1 inputs and +-1 weights (``c = (y + N_t) / 2``)
+    rows: Any  #: N_t, the rows of each partial's tile, broadcastable to the outputs
+
+
 @dataclasses.dataclass
 class OutputContext:
-    clean_range: Callable[[], tuple[Any, Any]]  #: calibrated [min, max] at evaluation, the batch's in training
+    clean_range: Callable[[], tuple[Any, Any]]  #: per partial: calibrated [min, max] at evaluation, the batch's in training
     normal: Callable[[Effect], Any]  #: N(0, 1) of the output's shape, seeded for this effect and pass
+    accumulator: Accumulator | None = None
+    full_scale: Callable[[], tuple[Any, Any]] | None = None  #: what a converter reads: the active limits, else the clean range
 
 
 class Effect(abc.ABC):
@@ -114,9 +127,17 @@ class Effect(abc.ABC):
     def uses_clean_range(self, params: EffectParams) -> bool:
         return False  # True: apply_output reads context.clean_range (an evaluation calibrates it)
 
-    def manifest_entry(self, params: EffectParams, clean_range: tuple[float, float]) -> dict[str, Any]:
-        """What the hardware manifest records about this effect on a layer of calibrated clean output
-        range ``clean_range`` (accumulator units), besides its parameters: e.g. bounds in those units."""
+    def reads_bit_serially(self, params: EffectParams) -> bool:
+        """True: a layer reading 8-bit pixels is read one bit plane at a time (e.g. popcount counters)."""
+        return False
+
+    def check_layer(self, params: EffectParams, layer: str, accumulator: Accumulator) -> None:
+        """A ConfigError naming a parameter when ``params`` cannot apply to ``layer`` (its accumulator)."""
+        return None
+
+    def manifest_entry(self, params: EffectParams, full_scale: tuple[float, float]) -> dict[str, Any]:
+        """What the hardware manifest records about this effect on one tile, besides its parameters,
+        given what that tile's converter reads (``full_scale``, the tile's integer hardware units)."""
         return {}
 
 
@@ -138,9 +159,10 @@ class KernelEffect(Effect):
         """The weights as read: ``kernel`` (after the layer's quantizer) changed by ``draws``; ``precision``
         is what a stored weight holds (a :class:`pipeline.hwmodel.quantizers.Precision`, handed in by the layer)."""
 
-    def output_variance(self, inputs, kernel, levels, inputs_are_signs: bool, kernel_is_signs: bool):
+    def output_variance(self, inputs, kernel, levels, inputs_are_signs: bool, kernel_is_signs: bool, accumulate: Callable):
         """Training, dense layers: the variance of the effect's zero-mean Gaussian output term if
-        drawing it at the outputs is exact (local reparameterization), else None."""
+        drawing it at the outputs is exact (local reparameterization), else None. ``accumulate(x, W)``
+        is the layer's own sum (per tile: its partial sums)."""
         return None
 
 
@@ -152,6 +174,11 @@ class OutputEffect(Effect):
     @abc.abstractmethod
     def apply_output(self, outputs, levels, context: OutputContext):
         """The output as read: ``outputs`` changed by the effect."""
+
+    def limits(self, levels, context: OutputContext):
+        """The [lo, hi] this effect holds the output to when on (a converter after it reads that
+        range), or None."""
+        return None
 
     def gaussian_variance(self, outputs, variance, levels):
         """Training: the variance of the zero-mean Gaussian this effect adds to ``outputs`` (with
@@ -184,5 +211,5 @@ def standard_normal(shape, seed):
     return tf.reshape(pairs, shape if len(seeds) == 1 else tf.concat([[len(seeds) * shape[0]], shape[1:]], axis=0))
 
 
-__all__ = ["ConfigError", "Curve", "Effect", "EffectParams", "KernelEffect", "OutputContext", "OutputEffect", "Sampling",
+__all__ = ["Accumulator", "ConfigError", "Curve", "Effect", "EffectParams", "KernelEffect", "OutputContext", "OutputEffect", "Sampling",
            "SearchRange", "Site", "select", "standard_normal", "tf", "when"]

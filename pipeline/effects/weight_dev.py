@@ -6,7 +6,8 @@
 Sampling: per chip -- ``z`` depends on (chip seed, layer) only, drawn when the chip is programmed; a
 new level rescales it. A fresh draw every training step, which a dense layer on flat inputs makes at
 its outputs (local reparameterization, :meth:`WeightDev.output_variance`): batch x units numbers
-instead of fan-in x units, the same output distribution. The kernel variable is never modified.
+instead of fan-in x units, the same output distribution (per tile: each tile's own rows). The kernel
+variable is never modified.
 """
 
 from __future__ import annotations
@@ -48,16 +49,20 @@ class WeightDev(KernelEffect):
     def apply_kernel(self, kernel, draws, levels, precision):
         return kernel * (1.0 + levels["deviation"] * draws)
 
-    def output_variance(self, quantized_inputs, kernel, levels, inputs_are_signs, kernel_is_signs):
+    def output_variance(self, quantized_inputs, kernel, levels, inputs_are_signs, kernel_is_signs, accumulate):
         """``x_q . (W * eps)`` per example and unit is ``N(0, dev^2 sum_i x_i^2 W_ij^2)``, independent
-        across units (Kingma, Salimans & Welling, 2015): each example sees its own fresh chip."""
-        variance = squares_matmul(quantized_inputs, kernel, inputs_are_signs, kernel_is_signs)
+        across units (Kingma, Salimans & Welling, 2015): each example sees its own fresh chip. Per tile
+        the sum runs over the tile's rows (``accumulate``, the layer's own sum)."""
+        variance = squares_matmul(quantized_inputs, kernel, inputs_are_signs, kernel_is_signs, accumulate)
         return levels["deviation"] ** 2 * tf.maximum(variance, 1e-12)  # all-zero inputs: zero gradient
 
 
-def squares_matmul(inputs, kernel, inputs_are_signs: bool, kernel_are_signs: bool):
-    """``inputs^2 @ kernel^2``. A +-1 factor squares to 1: a row sum, a column sum or the fan-in, with
-    no gradient through it (a straight-through estimator would otherwise invent one)."""
+def squares_matmul(inputs, kernel, inputs_are_signs: bool, kernel_are_signs: bool, accumulate=None):
+    """``accumulate(inputs^2, kernel^2)``, by default ``inputs^2 @ kernel^2``. A +-1 factor squares to 1:
+    a row sum, a column sum or the fan-in (per tile: of the tile's rows), with no gradient through it
+    (a straight-through estimator would otherwise invent one)."""
+    if accumulate is not None:
+        return tiled_squares(inputs, kernel, inputs_are_signs, kernel_are_signs, accumulate)
     shape = [tf.shape(inputs)[0], tf.shape(kernel)[1]]
     if inputs_are_signs and kernel_are_signs:
         return tf.fill(shape, tf.cast(tf.shape(kernel)[0], inputs.dtype))
@@ -66,3 +71,15 @@ def squares_matmul(inputs, kernel, inputs_are_signs: bool, kernel_are_signs: boo
     if inputs_are_signs:
         return tf.broadcast_to(tf.reduce_sum(tf.square(kernel), axis=0, keepdims=True), shape)
     return tf.matmul(tf.square(inputs), tf.square(kernel))
+
+
+def tiled_squares(inputs, kernel, inputs_are_signs: bool, kernel_are_signs: bool, accumulate):
+    """:func:`squares_matmul` per tile: ``accumulate`` gives each tile's partial sums (one row per
+    example and tile); a +-1 factor is one example (or one unit) of ones, broadcast."""
+    if kernel_are_signs:
+        per_example = accumulate(tf.square(inputs), tf.ones([kernel.shape[0], 1], kernel.dtype))
+        return per_example * tf.ones([1, kernel.shape[1]], kernel.dtype)
+    if inputs_are_signs:
+        per_unit = accumulate(tf.ones([1, kernel.shape[0]], kernel.dtype), tf.square(kernel))
+        return tf.tile(per_unit, [tf.shape(inputs)[0], 1])
+    return accumulate(tf.square(inputs), tf.square(kernel))

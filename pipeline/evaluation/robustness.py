@@ -2,8 +2,9 @@
 
 Protocol (after IBM aihwkit's: program a chip once, read it many times):
 
-* The model is copied with its targeted layers hardware-aware (:func:`attach_hardware`), and each
-  layer's clean output range is calibrated on the validation split (for relative clipping).
+* The model is copied with its targeted layers hardware-aware (:func:`attach_hardware`), on the
+  target's tiles (``tile_rows``; every curve is read on the same arrays), and each layer's clean
+  output range is calibrated per tile on the validation split (for relative clipping and the ADC).
 * One-factor curves, one per effect of the registry (``pipeline/effects``: its grid, every other
   effect off), each level on ``chips`` chips -- then the ``target`` condition (every effect at the
   target hardware's levels) on ``target_chips`` chips (default 1,000). Chip ``c`` is a seeded
@@ -77,7 +78,7 @@ class RobustnessResult:
 
 def conditions(config: RobustnessConfig) -> list[tuple[str, int, float, PerturbationConfig]]:
     """(effect, level index, level, hardware) for every point of every effect's curve, then the target condition."""
-    points = [(effect.name, index, level, curve_point(effect, level))
+    points = [(effect.name, index, level, curve_point(effect, level, config.target.tile_rows))
               for effect in EFFECTS for index, level in enumerate(config.grids[effect.name])]
     return [*points, ("target", 0, 1.0, config.target)]
 
@@ -165,11 +166,11 @@ def evaluate_robustness(
     for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
         side_by_side = chips_side_by_side(model, targets, config, chips)
         if chip_model is None or chips_per_pass(chip_model) != side_by_side:  # the curves' copy serves the target when it can
-            chip_model = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=side_by_side)
+            chip_model = attach_hardware(model, config.target, targets, chips_per_pass=side_by_side)  # the target's tiles
             calibrate(chip_model, data.images("val"))
             accuracy = CompiledAccuracy(chip_model, config.batch_size)
         clean = accuracy.one_chip(images, labels) if clean is None else clean
-        with hardware_evaluation(chip_model, PerturbationConfig(), chip=first_chip):
+        with hardware_evaluation(chip_model, PerturbationConfig(tile_rows=config.target.tile_rows), chip=first_chip):
             for effect, index, level, levels in conditions_of_pass:
                 point = {"effect": effect, "level_index": index, "level": level, "random": is_random(levels)}
                 rows += [{**point, "chip": chip, "accuracy": value}
@@ -240,20 +241,26 @@ class TargetValidation(tf.keras.callbacks.Callback):
         super().__init__()
         self.images, self.labels = data.images("val"), data.labels("val")
         self.target, self.chip, self.batch_size = target, chip, batch_size
-        self.accuracy = self.calibration = None
+        self.accuracy = self.calibration = self.chip_model = None
 
     def on_train_begin(self, logs=None):
-        names = {layer.name for layer in hardware_layers(self.model)}
+        layers = hardware_layers(self.model)
+        names = {layer.name for layer in layers}
         if names != set(model_targets(self.model, self.target.perturb_layers)):
             raise ValueError(f"TargetValidation needs the trained model's hardware-aware layers {sorted(names)} to be "
                              f"the target's ({self.target.perturb_layers})")
-        self.accuracy = CompiledAccuracy(self.model, self.batch_size)
-        self.calibration = Calibration(self.model, self.batch_size) if needs_calibration(self.target) else None
+        same_arrays = all(layer.tiling == layer.tiling_for(self.target) for layer in layers)
+        self.chip_model = self.model if same_arrays else attach_hardware(self.model, self.target, sorted(names))
+        self.accuracy = CompiledAccuracy(self.chip_model, self.batch_size)
+        self.calibration = Calibration(self.chip_model, self.batch_size) if needs_calibration(self.target) else None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.chip_model is not self.model:  # the target's arrays: a copy of the weights being trained
+            self.chip_model.set_weights(self.model.get_weights())
         if self.calibration is not None:  # the clean range moves as the model learns
             self.calibration(self.images)
-        with hardware_evaluation(self.model, self.target, chip=self.chip):
+        with hardware_evaluation(self.chip_model, self.target, chip=self.chip):
             accuracy = self.accuracy.one_chip(self.images, self.labels)
         if logs is not None:
             logs["val_target_accuracy"] = accuracy
+

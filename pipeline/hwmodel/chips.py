@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pipeline.perturbation import PerturbationConfig, select_layers
 from pipeline.hwmodel.layers import HARDWARE_CLASSES, PLAIN_CLASSES, HardwareAwareMixin
+from pipeline.hwmodel.quantizers import reads_pixels
 
 def hardware_layers(model: tf.keras.Model) -> list[HardwareAwareMixin]:
     return [layer for layer in model.layers if isinstance(layer, HardwareAwareMixin)]
@@ -36,8 +37,10 @@ def attach_hardware(
     """A copy of ``model`` whose ``targets`` layers are hardware-aware with ``config`` (others plain).
 
     Weights are copied; ``model`` is untouched. Works on plain and hardware-aware models alike.
-    ``chips_per_pass`` > 1 makes a copy for evaluation only that evaluates that many chips side by
-    side: its batches are that many stacked copies of the images (see :func:`chip_ids`).
+    ``config`` is also what the layers are built on (their tiles, bit-serial passes): a copy for
+    evaluation gets the target's. ``chips_per_pass`` > 1 makes a copy for evaluation only that
+    evaluates that many chips side by side: its batches are that many stacked copies of the images
+    (see :func:`chip_ids`).
     """
     if isinstance(chips_per_pass, bool) or not isinstance(chips_per_pass, int) or chips_per_pass < 1:
         raise ValueError(f"chips_per_pass must be an integer >= 1; got {chips_per_pass!r}")
@@ -46,12 +49,13 @@ def attach_hardware(
         raise ValueError(f"model {model.name} has no layer(s) {missing}")
     layers = []
     for layer in model.layers:
-        layer_config = {key: value for key, value in layer.get_config().items() if key != "hardware"}
+        layer_config = {key: value for key, value in layer.get_config().items() if key not in ("hardware", "pixel_inputs")}
         cls = plain_class(layer)
         if layer.name in targets:
             if cls not in HARDWARE_CLASSES:
                 raise ValueError(f"layer {layer.name} ({cls.__name__}) cannot carry the hardware model")
-            layers.append(HARDWARE_CLASSES[cls].from_config({**layer_config, "hardware": config.parameters()}))
+            layers.append(HARDWARE_CLASSES[cls].from_config({**layer_config, "hardware": config.parameters(),
+                                                              "pixel_inputs": reads_pixels(model, layer)}))
             layers[-1].chips_per_pass = chips_per_pass  # before the build creates the run-time state
         else:
             layers.append(cls.from_config(layer_config))
@@ -93,6 +97,8 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
     layers = hardware_layers(model)
     chips = chip_ids(model, chip)
     for layer in layers:
+        layer.check_hardware(config)
+    for layer in layers:
         state = layer.hardware_state
         state.assign(config)
         state.chip_ids.assign(chips)
@@ -116,6 +122,7 @@ def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = Non
     for layer in hardware_layers(model):
         state = layer.hardware_state
         if config is not None:
+            layer.check_hardware(config)
             state.assign(config)
         if chips is not None:
             state.chip_ids.assign(chips)
@@ -123,42 +130,45 @@ def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = Non
         layer.program()
 
 
-def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024) -> dict[str, tuple[float, float]]:
-    """Measure each hardware-aware layer's clean output range [min, max] on ``images`` (for relative saturation)."""
+def calibrate(model: tf.keras.Model, images: np.ndarray, batch_size: int = 1024) -> dict[str, list[tuple[float, float]]]:
+    """Measure each hardware-aware layer's clean output range [min, max] on ``images``, per partial sum
+    (tile and pass; one for a layer on one tile), for relative saturation and the ADC."""
     return Calibration(model, batch_size)(images)
 
 
 class Calibration:
-    """Measures the clean output range of ``model``'s hardware-aware layers and stores it in them;
-    the probe is built and compiled once, so measuring again (every epoch of a sweep trial) is one pass."""
+    """Measures the clean partial sums' ranges of ``model``'s hardware-aware layers and stores them in
+    the layers; the probe is built and compiled once, so measuring again (every epoch of a sweep
+    trial) is one pass."""
 
     def __init__(self, model: tf.keras.Model, batch_size: int = 1024):
         self.model, self.layers, self.batch_size = model, hardware_layers(model), batch_size
         if self.layers:
-            probe = tf.keras.Model(model.inputs, [layer.output for layer in self.layers])
+            probe = tf.keras.Model(model.inputs, [layer.input for layer in self.layers])
 
             def ranges(batch):
-                return [(tf.reduce_min(output), tf.reduce_max(output)) for output in tf.nest.flatten(probe(batch, training=False))]
+                inputs = tf.nest.flatten(probe(batch, training=False))
+                return [layer.clean_partial_range(x) for layer, x in zip(self.layers, inputs)]
 
             self._ranges = tf.function(ranges, autograph=False, reduce_retracing=True)
 
-    def __call__(self, images: np.ndarray) -> dict[str, tuple[float, float]]:
+    def __call__(self, images: np.ndarray) -> dict[str, list[tuple[float, float]]]:
         if not self.layers:
             return {}
         if any(bool(layer.hardware_state.evaluating.numpy()) for layer in self.layers):
             raise RuntimeError("calibrate() measures the clean outputs: call it outside hardware_evaluation()")
         parts = chips_per_pass(self.model)  # outside an evaluation every part computes the same: share the images
-        ranges = np.array([[np.inf, -np.inf]] * len(self.layers))
+        ranges = [(np.full(layer.tiling.count, np.inf), np.full(layer.tiling.count, -np.inf)) for layer in self.layers]
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
             if len(batch) % parts:  # equal parts, filled up with repeats of the batch (min and max unchanged)
                 batch = np.resize(batch, (-(-len(batch) // parts) * parts, *batch.shape[1:]))
-            found = np.array([[float(lo), float(hi)] for lo, hi in self._ranges(tf.constant(batch, tf.float32))])
-            ranges = np.column_stack([np.minimum(ranges[:, 0], found[:, 0]), np.maximum(ranges[:, 1], found[:, 1])])
+            found = self._ranges(tf.constant(batch, tf.float32))
+            ranges = [(np.minimum(lo, found_lo.numpy()), np.maximum(hi, found_hi.numpy())) for (lo, hi), (found_lo, found_hi) in zip(ranges, found)]
         for layer, (lo, hi) in zip(self.layers, ranges):
             layer.hardware_state.calibrated_lo.assign(lo)
             layer.hardware_state.calibrated_hi.assign(hi)
-        return {layer.name: (float(lo), float(hi)) for layer, (lo, hi) in zip(self.layers, ranges)}
+        return {layer.name: [(float(a), float(b)) for a, b in zip(lo, hi)] for layer, (lo, hi) in zip(self.layers, ranges)}
 
 
 def needs_calibration(config: PerturbationConfig) -> bool:

@@ -3,8 +3,10 @@
 With ``x_q`` and ``W_q`` the input and latent kernel after the layer's own quantizers: 1. the kernel
 effects (``pipeline.effects``, in order) give the weights as the chip reads them; 2. accumulate
 ``y = x_q . W_chip`` (dense) or the convolution, in accumulator units (a 1-bit dense layer of fan-in
-N: integers in [-N, N]); 3. the output effects, in order; then BatchNorm and activation as in the
-plain model. Training and evaluation differ only in where levels and randomness come from:
+N: integers in [-N, N]), as one partial sum per tile (and bit-serial pass, :mod:`pipeline.hwmodel.tiles`;
+one tile: the whole sum); 3. the output effects, in order, on every partial; 4. the digital sum of the
+partials, the layer's bias and activation; then BatchNorm and activation as in the plain model.
+Training and evaluation differ only in where levels and randomness come from:
 
 * **training**: the layer's configuration (static: an effect that is off costs nothing), fresh
   draws seeded by (training seed, layer, step), the batch's clean range. A dense layer on flat inputs
@@ -30,10 +32,12 @@ import pipeline  # noqa: F401
 import larq as lq
 import tensorflow as tf
 
-from pipeline.effects import EFFECTS, KERNEL_EFFECTS, OUTPUT_EFFECTS, Effect
-from pipeline.effects.base import OutputContext, standard_normal, when
+from pipeline.effects import EFFECTS, KERNEL_EFFECTS, OUTPUT_EFFECTS, Effect, converter_range
+from pipeline.effects.base import Accumulator, OutputContext, standard_normal, when
 from pipeline.perturbation import PerturbationConfig
-from pipeline.hwmodel.quantizers import input_precision, kernel_precision
+from pipeline.validation import ConfigError
+from pipeline.hwmodel.quantizers import input_precision, integer_unit, kernel_precision
+from pipeline.hwmodel.tiles import Tiling
 
 SEED_MIX = 1_000_003  #: mixes the chip / training seed with the layer salt into one stateless seed
 
@@ -41,12 +45,12 @@ SEED_MIX = 1_000_003  #: mixes the chip / training seed with the layer salt into
 class HardwareState:
     """One layer's run-time state, in variables Keras does not track."""
 
-    def __init__(self, name: str, kernel_shape: tuple[int, ...], chips_per_pass: int):
+    def __init__(self, name: str, kernel_shape: tuple[int, ...], chips_per_pass: int, partials: int):
         variable = lambda value, dtype=tf.float32: tf.Variable(value, dtype=dtype, trainable=False)  # noqa: E731
         self.salt, self.kernel_shape = zlib.crc32(name.encode()), kernel_shape  # the salt: independent draws per layer
         self.levels = {e.name: {key: variable(value, tf.bool if isinstance(value, bool) else tf.float32)
                                 for key, value in e.run_levels(e.params()).items()} for e in EFFECTS}
-        self.calibrated_lo, self.calibrated_hi = variable(-np.inf), variable(np.inf)  # clean output range
+        self.calibrated_lo, self.calibrated_hi = variable([-np.inf] * partials), variable([np.inf] * partials)  # per partial
         self.evaluating, self.programmed = variable(False, tf.bool), variable(False, tf.bool)  # programmed: read chip_kernels
         self.chip_ids, self.train_seed = variable(tf.zeros([chips_per_pass], tf.int64), tf.int64), variable(0, tf.int64)
         self.calls = variable(0, tf.int64)  # forward passes so far: fresh draws per pass, reproducibly
@@ -97,8 +101,9 @@ def compiled_draws(effect: Effect):
 class HardwareAwareMixin:
     """Adds the hardware model to a Larq layer with a ``kernel`` (dense or convolution)."""
 
-    def __init__(self, *args, hardware: dict | PerturbationConfig | None = None, **kwargs):
+    def __init__(self, *args, hardware: dict | PerturbationConfig | None = None, pixel_inputs: bool = False, **kwargs):
         self.perturbation = PerturbationConfig(**hardware) if isinstance(hardware, dict) else hardware or PerturbationConfig()
+        self.pixel_inputs = bool(pixel_inputs)  #: reads the image's 8-bit pixels (the first layer)
         super().__init__(*args, **kwargs)
         self._hardware_state = None
         self.chips_per_pass = 1  #: chips side by side in one inference pass (run-time, set before the build)
@@ -106,13 +111,47 @@ class HardwareAwareMixin:
     @property
     def hardware_state(self) -> HardwareState:
         if self._hardware_state is None:  # a plain holder: Keras does not track it
-            object.__setattr__(self, "_hardware_state", HardwareState(self.name, tuple(self.kernel.shape), self.chips_per_pass))
+            object.__setattr__(self, "_hardware_state", HardwareState(self.name, tuple(self.kernel.shape), self.chips_per_pass,
+                                                                      self.tiling.count))
         return self._hardware_state
+
+    @property
+    def tiling(self) -> Tiling:
+        """The tiles (and bit-serial passes) of this layer's fan-in, fixed by its configuration."""
+        return self.tiling_for(self.perturbation)
+
+    def tiling_for(self, config: PerturbationConfig) -> Tiling:
+        """The tiles this layer has when attached with ``config``."""
+        return Tiling.of(int(np.prod(self.kernel.shape[:-1])), config.tile_rows, self.pixel_inputs and config.bit_serial)
+
+    def accumulator(self, like=None) -> Accumulator:
+        """What this layer's partial sums are (``rows`` broadcastable to the folded ``like``, when given)."""
+        tiling, kernel = self.tiling, kernel_precision(self)
+        inputs = input_precision(self, self.pixel_inputs)
+        serial = tiling.passes > 1  # a pass reads +-1 planes
+        unit = kernel.denominator if serial else integer_unit(inputs, kernel)
+        popcount = kernel.sign and (inputs.sign or serial)
+        rows = tiling.partial_rows if like is None else self._per_partial(tiling.partial_rows, like)
+        return Accumulator(unit=None if unit is None else float(unit), popcount=popcount, rows=rows)
+
+    def check_hardware(self, config: PerturbationConfig) -> None:
+        """A ConfigError naming the parameter when ``config`` cannot run on this layer as built (its
+        accumulator, its tiles, its bit-serial passes)."""
+        if config.tile_rows != self.perturbation.tile_rows:
+            raise ConfigError("tile_rows", f"layer {self.name} is built on tiles of {self.perturbation.tile_rows} rows; "
+                                           f"got tile_rows={config.tile_rows} (attach the hardware again)")
+        if self.pixel_inputs and config.bit_serial and self.tiling.passes == 1:
+            raise ConfigError("acc_format", f"layer {self.name} is not built bit-serial: popcount on its pixels needs "
+                                            "a copy attached with acc_format=popcount")
+        config.check_layer(self.name, self.accumulator())
 
     def build(self, input_shape):
         super().build(input_shape)
         if isinstance(self, lq.layers.QuantConv2D) and not self._is_native_padding:
             raise ValueError(f"{self.name}: hardware-aware convolutions need pad_values=0 or padding='valid'")
+        if self.tiling.count > 1 and isinstance(self, lq.layers.QuantDense) and len(input_shape) != 2:
+            raise ValueError(f"{self.name}: tiles on a dense layer need flat inputs; got shape {tuple(input_shape)}")
+        self.perturbation.check_layer(self.name, self.accumulator())
         _ = self.hardware_state
 
     @tf.autograph.experimental.do_not_convert  # plain Python branches on static values: tracing stays fast
@@ -122,7 +161,7 @@ class HardwareAwareMixin:
         return self._forward(inputs, bool(training))
 
     def _forward(self, inputs, training: bool):
-        """Kernel effects -> accumulate -> output effects (module docstring)."""
+        """Kernel effects -> partial sums -> output effects -> digital sum (module docstring)."""
         if training and self.perturbation.is_ideal:
             return super().call(inputs)  # the plain training step, nothing added
         state, calls = self.hardware_state, self.hardware_state.calls.assign_add(1)
@@ -138,8 +177,7 @@ class HardwareAwareMixin:
             outputs = tf.cond(state.programmed, lambda: self._chips_accumulate(quantized),
                               lambda: self._accumulate(quantized, self.quantized_kernel()))
             pending = None
-        clean = outputs
-        context = OutputContext(lambda: self._clean_range(clean, training), lambda effect: normal(clean, effect))
+        context = self._context(outputs, training, levels, normal)
         for effect in OUTPUT_EFFECTS:
             on = effect.is_on(levels[effect.name])
             added = effect.gaussian_variance(outputs, pending[0] if pending else 0.0, levels[effect.name]) if training and on else None
@@ -148,7 +186,19 @@ class HardwareAwareMixin:
                 continue
             outputs, pending = self._draw(outputs, pending, normal), None
             outputs = when(on, lambda values, e=effect: e.apply_output(values, levels[e.name], context), outputs)
-        return self._draw(outputs, pending, normal)
+        return self._finish(self._draw(outputs, pending, normal))
+
+    def _context(self, clean, training: bool, levels, normal) -> OutputContext:
+        """What the output effects read about the clean partial sums ``clean``."""
+        context = OutputContext(lambda: self._clean_range(clean, training), lambda effect: normal(clean, effect),
+                                self.accumulator(clean), lambda: converter_range(levels, context))
+        return context
+
+    def _finish(self, partials):
+        """The digital sum of the partials, then the layer's bias and activation."""
+        outputs = self.tiling.combine(partials) if self.tiling.count > 1 else partials
+        outputs = tf.nn.bias_add(outputs, self.bias) if self.use_bias else outputs
+        return self.activation(outputs) if self.activation is not None else outputs
 
     @staticmethod
     def _draw(outputs, pending, normal):
@@ -157,15 +207,16 @@ class HardwareAwareMixin:
 
     def _training_accumulate(self, quantized, levels, calls):
         """Fresh draws of the active kernel effects, then accumulate; the last one stays pending at the
-        outputs where exact (a dense layer on flat inputs)."""
+        outputs where exact (a dense layer on flat inputs, not read bit-serially)."""
         active = [effect for effect in KERNEL_EFFECTS if effect.is_on(levels[effect.name])]
         effect_levels = [levels[effect.name] for effect in active]
-        if not active or not self.is_dense_on_flat(quantized):
+        if not active or not self.is_dense_on_flat(quantized) or self.tiling.passes > 1:
             return self._accumulate(quantized, self._read_kernel(active, self._training_draws(active, levels, calls), effect_levels)), None
         *before, last = active
         kernel = self._read_kernel(before, self._training_draws(before, levels, calls), effect_levels[:-1])
         signs = kernel_precision(self).sign and all(effect.keeps_signs for effect in before)
-        variance = last.output_variance(quantized, kernel, levels[last.name], input_precision(self).sign, signs)
+        accumulate = self.tiling.dense if self.tiling.count > 1 else None
+        variance = last.output_variance(quantized, kernel, levels[last.name], input_precision(self).sign, signs, accumulate)
         if variance is not None:
             return self._accumulate(quantized, kernel), (variance, last)
         kernel = self._read_kernel([last], self._training_draws([last], levels, calls), effect_levels[-1:], kernel)
@@ -206,21 +257,22 @@ class HardwareAwareMixin:
         return self.kernel_quantizer(latent) if self.kernel_quantizer else latent
 
     def _accumulate(self, quantized, kernel, flat_chips: int = 0):
-        """What the Larq layer computes with ``kernel``; ``flat_chips`` P: P kernels on P parts, one batched matmul."""
+        """The partial sums of what the Larq layer computes with ``kernel`` (one tile: the whole sum,
+        before bias and activation); ``flat_chips`` P: P kernels on P parts, one batched product."""
+        tiling = self.tiling
+        if isinstance(self, lq.layers.QuantConv2D):
+            return tiling.convolution(self.convolution_op, quantized, kernel) if tiling.count > 1 else self.convolution_op(quantized, kernel)
+        if tiling.count > 1:
+            return tiling.dense(quantized, kernel)
         if flat_chips:
             parts = tf.reshape(quantized, [flat_chips, -1, quantized.shape[-1]])
-            outputs = tf.reshape(tf.matmul(parts, kernel), [-1, kernel.shape[-1]])
-        elif isinstance(self, lq.layers.QuantConv2D):
-            outputs = self.convolution_op(quantized, kernel)
-        elif quantized.shape.rank == 2:
-            outputs = tf.matmul(quantized, kernel)
-        else:
-            outputs = tf.tensordot(quantized, kernel, [[quantized.shape.rank - 1], [0]])
-        outputs = tf.nn.bias_add(outputs, self.bias) if self.use_bias else outputs
-        return self.activation(outputs) if self.activation is not None else outputs
+            return tf.reshape(tf.matmul(parts, kernel), [-1, kernel.shape[-1]])
+        if quantized.shape.rank == 2:
+            return tf.matmul(quantized, kernel)
+        return tf.tensordot(quantized, kernel, [[quantized.shape.rank - 1], [0]])
 
     def _chips_accumulate(self, quantized):
-        """Part k of the batch on chip k. Dense layers on flat inputs: one batched matmul for any number
+        """Part k of the batch on chip k. Dense layers on flat inputs: one batched product for any number
         of chips, so a chip's numbers do not depend on it (2-D and batched matmuls may sum in other orders)."""
         kernels, chips = self.hardware_state.chip_kernels, self.chips_per_pass
         if self.is_dense_on_flat(quantized):
@@ -228,10 +280,23 @@ class HardwareAwareMixin:
         parts = tf.split(quantized, chips, axis=0) if chips > 1 else [quantized]
         return tf.concat([self._accumulate(part, kernels[index]) for index, part in enumerate(parts)], axis=0)
 
+    def clean_partial_range(self, inputs):
+        """[min, max] of every clean partial sum over the batch ``inputs`` (this layer's input): two ``[count]`` tensors."""
+        quantized = self.input_quantizer(inputs) if self.input_quantizer else inputs
+        return self.tiling.partial_range(self._accumulate(quantized, self.quantized_kernel()))
+
     def _clean_range(self, clean, training: bool):
-        if training:  # the current batch's, gradient-stopped
+        """Per partial: the batch's (training, gradient-stopped) or the calibrated [min, max]."""
+        state, one = self.hardware_state, self.tiling.count == 1
+        if training and one:
             return tf.stop_gradient(tf.reduce_min(clean)), tf.stop_gradient(tf.reduce_max(clean))
-        return self.hardware_state.calibrated_lo, self.hardware_state.calibrated_hi
+        lo, hi = self.tiling.partial_range(tf.stop_gradient(clean)) if training else (state.calibrated_lo, state.calibrated_hi)
+        if one:
+            return tf.reshape(lo, []), tf.reshape(hi, [])
+        return self._per_partial(lo, clean), self._per_partial(hi, clean)
+
+    def _per_partial(self, values, like):
+        return self.tiling.per_partial(values, like) if self.tiling.count > 1 else tf.constant(values[0], tf.float32)
 
     @staticmethod
     def _normal(outputs, seeds):
@@ -242,7 +307,7 @@ class HardwareAwareMixin:
         return isinstance(self, lq.layers.QuantDense) and quantized.shape.rank == 2
 
     def get_config(self):
-        return {**super().get_config(), "hardware": self.perturbation.parameters()}
+        return {**super().get_config(), "hardware": self.perturbation.parameters(), "pixel_inputs": self.pixel_inputs}
 
 
 @tf.keras.utils.register_keras_serializable(package="hwlarq")

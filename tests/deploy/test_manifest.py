@@ -179,14 +179,18 @@ def test_effects_only_on_targeted_layers_with_bounds_in_accumulator_units(images
     json.dumps(manifest, allow_nan=False)
     effects = {entry["name"]: entry["effects"] for entry in manifest["layers"]}
     assert effects["dense_out"] == {"trained_with": None, "target": None}
-    assert effects["dense_1"]["target"] is None and effects["dense_2"]["target"]["clip"]["bounds"] == [-10, 12]
-    assert effects["dense_2"]["target"]["clip"]["adc"] == {"levels": 8, "step": pytest.approx(22 / 7)}
-    assert set(effects["dense_2"]["target"]) == {"clip"} and set(effects["dense_1"]["trained_with"]) == {"noise", "clip"}
+    tile, = effects["dense_2"]["target"]["tiles"]  # one tile of all 64 rows, +-1 x +-1: unit 1
+    assert effects["dense_1"]["target"] is None and tile["clip"]["bounds"] == [-10, 12] and tile["rows"] == 64
+    assert tile["adc"] == {"levels": 8, "step": pytest.approx(22 / 7)} and tile["unit"] == 1
+    assert set(effects["dense_2"]["target"]) == {"clip", "adc", "tiles"}
+    assert set(effects["dense_1"]["trained_with"]) == {"noise", "clip", "adc", "tiles"}
     assert effects["dense_1"]["trained_with"]["noise"]["noise_sigma"] == 0.2
-    for entry in manifest["layers"][:2]:
+    for entry, unit in zip(manifest["layers"][:2], (255, 1)):  # the first layer: 8-bit pixels x +-1, u = 255
         lo, hi = entry["accumulator"]["clean_range"]
-        clip = entry["effects"]["trained_with"]["clip"]
-        assert clip["bounds"] == pytest.approx([0.5 * lo, 0.5 * hi]) and clip["adc"]["step"] == pytest.approx(0.5 * (hi - lo) / 15)
+        tile, = entry["effects"]["trained_with"]["tiles"]
+        assert tile["unit"] == unit and tile["clean_range"] == pytest.approx([unit * lo, unit * hi], rel=1e-6)
+        assert tile["clip"]["bounds"] == pytest.approx([0.5 * unit * lo, 0.5 * unit * hi], rel=1e-6)
+        assert tile["adc"]["step"] == pytest.approx(0.5 * unit * (hi - lo) / 15, rel=1e-6)
     assert manifest["perturbations"]["target"]["targets"] == ["dense_2"]
     assert manifest["perturbations"]["trained_with"]["targets"] == ["dense_1", "dense_2"]
     hardware_aware = attach_hardware(model, trained_with, ("dense_1", "dense_2"))

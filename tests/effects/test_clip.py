@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.effects.base import OutputContext
+from pipeline.effects import converter_range
+from pipeline.effects.adc import Adc
+from pipeline.effects.base import Accumulator, OutputContext
 from pipeline.effects.clip import Clip
 from pipeline.perturbation import PerturbationConfig
 from pipeline.hwmodel.chips import calibrate, hardware_evaluation
@@ -36,7 +38,7 @@ def test_absolute_saturation_bounds_and_adc_levels():
 def test_relative_saturation_uses_the_calibrated_range():
     model = hardware_model(hidden=(64,))
     ranges = calibrate(model, IMAGES)
-    lo, hi = ranges["dense_1"]
+    (lo, hi), = ranges["dense_1"]  # one tile: the whole layer
     clean = layer_output(model, "dense_1", IMAGES)
     assert (lo, hi) == pytest.approx((clean.min(), clean.max()))
     with hardware_evaluation(model, PerturbationConfig(clip_mode="relative", clip_fraction=0.4), chip=0):
@@ -46,20 +48,26 @@ def test_relative_saturation_uses_the_calibrated_range():
 
 def test_saturation_gradient_is_one_inside_zero_outside():
     values = tf.constant(np.linspace(-3, 3, 61, dtype=np.float32))
-    context = OutputContext(lambda: (tf.constant(-3.0), tf.constant(3.0)), normal=None)
-    for levels, as_variables in itertools.product((0.0, 16.0), (False, True)):  # clipping, then the ADC (straight-through)
+    for adc_levels, as_variables in itertools.product((0.0, 16.0), (False, True)):  # clipping, then the ADC (straight-through)
+        levels = {"clip": saturation_levels(-1.0, 2.0, as_variables), "adc": {"levels": adc_levels}, "noise": {"sigma": 0.0}}
+        context = OutputContext(lambda: (tf.constant(-3.0), tf.constant(3.0)), normal=None,
+                                accumulator=Accumulator(unit=1.0, popcount=True, rows=64.0))
+        context.full_scale = lambda: converter_range(levels, context)  # noqa: B023
         with tf.GradientTape() as tape:
             tape.watch(values)
-            out = Clip().apply_output(values, saturation_levels(-1.0, 2.0, levels, as_variables), context)
+            out = Clip().apply_output(values, levels["clip"], context)
+            out = Adc().apply_output(out, levels["adc"], context) if adc_levels else out
         grad = tape.gradient(out, values).numpy()
         v = values.numpy()
         np.testing.assert_array_equal(grad[(v > -1) & (v < 2)], 1.0)
         np.testing.assert_array_equal(grad[(v < -1) | (v > 2)], 0.0)
 
 
-def saturation_levels(lo, hi, adc_levels, as_variables):
+def saturation_levels(lo, hi, as_variables):
     """Run-time levels of absolute saturation: Python numbers (training) or variables (evaluation)."""
-    levels = {"on": 1.0, "relative": False, "lo": lo, "hi": hi, "fraction": 1.0, "adc_levels": adc_levels}
+    params = PerturbationConfig(clip_mode="absolute", clip_min=lo, clip_max=hi).params_of("clip_mode")
+    levels = {**Clip().run_levels(params),
+              "lo": lo, "hi": hi}
     return {key: tf.Variable(value) for key, value in levels.items()} if as_variables else levels
 
 
@@ -72,7 +80,7 @@ def saturation_levels(lo, hi, adc_levels, as_variables):
         ({"clip_mode": "relative", "clip_fraction": 0}, "clip_fraction"),
         ({"clip_mode": "relative", "clip_fraction": 1.5}, "clip_fraction"),
         ({"clip_mode": "absolute", "clip_min": 0, "clip_max": 255, "out_bits": 0}, "out_bits"),
-        ({"out_bits": 4}, "out_bits"),
+        ({"out_bits": 17}, "out_bits"),
     ],
 )
 def test_bad_saturation_levels_name_their_parameter(kwargs, parameter):

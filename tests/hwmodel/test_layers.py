@@ -11,7 +11,7 @@ from pipeline.cli.arguments import field_help
 from pipeline.config import ModelConfig
 from pipeline.effects import EFFECTS, PARAMETERS, Sampling, Site, markdown_table
 from pipeline.effects.base import KernelEffect, OutputEffect, standard_normal
-from pipeline.perturbation import PerturbationConfig, load_target
+from pipeline.perturbation import HARDWARE_PARAMETERS, PerturbationConfig, load_target
 from pipeline.hwmodel.chips import (
     attach_hardware,
     calibrate,
@@ -133,7 +133,7 @@ def test_unknown_hardware_parameters_are_named_with_the_known_ones():
 
 def test_every_parameter_is_an_attribute_and_round_trips():
     config = every_effect(perturb_layers="dense")
-    assert set(config.parameters()) == set(PARAMETERS)
+    assert set(config.parameters()) == set(HARDWARE_PARAMETERS) and set(PARAMETERS) < set(HARDWARE_PARAMETERS)
     for name, value in config.parameters().items():
         assert getattr(config, name) == value or getattr(config, name).value == value
     assert PerturbationConfig(**config.parameters(), perturb_layers="dense") == config

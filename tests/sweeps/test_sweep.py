@@ -42,7 +42,8 @@ def write_space(tmp_path, body: str, name="space.yaml"):
         ("clip_min: -100\n  clip_max: 100\n  clip_fraction: {low: 0.2, high: 1}", "params.clip_fraction", "needs clip_mode=relative"),
         ("out_bits: {low: 0, high: 8}", "params.out_bits", "from 1 to 16"),
         ("perturb_layers: {low: 1, high: 2}", "params.perturb_layers", "only be fixed"),
-        ("clip_fraction: null\n  out_bits: 4", "params.out_bits", "ADC needs a finite range"),
+        ("tile_rows: {low: 0, high: 256}", "params.tile_rows", "must be >= 1"),
+        ("clip_fraction: null\n  acc_bits: 8\n  clip_min: -100\n  clip_max: 100", "params.acc_bits", "either acc_bits or clip_min"),
     ],
 )
 def test_search_space_errors_name_the_entry(tmp_path, params, entry, message):
