@@ -73,15 +73,6 @@ class Tiling:
         bits = [tf.math.floormod(tf.floor(code * 2.0**-b), 2.0) for b in range(self.passes)]
         return tf.stack([2.0 * bit - 1.0 for bit in bits], axis=1)
 
-    def split_rows(self, values, axis: int):
-        """``values`` with its fan-in axis ``axis`` (length N) as two axes (T, R), zero-padded to T R rows."""
-        axis = axis % values.shape.rank
-        padding = [[0, 0]] * values.shape.rank
-        padding[axis] = [0, self.tiles * self.tile_rows - self.fan_in]
-        padded = tf.pad(values, padding)
-        shape = tf.concat([tf.shape(padded)[:axis], [self.tiles, self.tile_rows], tf.shape(padded)[axis + 1 :]], axis=0)
-        return tf.reshape(padded, shape)
-
     def block_kernel(self, kernel):
         """A convolution's ``[kh, kw, C_in, C_out]`` kernel as ``[kh, kw, C_in, T * C_out]``: block t is
         the kernel on tile t's im2col rows, zero elsewhere (one convolution gives every tile's partial)."""
@@ -93,13 +84,14 @@ class Tiling:
     # ------------------------------------------------------------------ partial sums
     def dense(self, inputs, kernel):
         """Partials ``[B * count, M]`` of flat ``inputs`` ``[B, N]`` and ``kernel`` ``[N, M]``; a stack of
-        kernels ``[C, N, M]`` reads ``inputs`` as C equal parts, part c on kernel c."""
-        chips = kernel.shape.rank == 3
-        x = self.planes(inputs) if self.passes > 1 else inputs[:, None]  # [B, P, N]
-        x = tf.reshape(x, [kernel.shape[0], -1, self.passes, self.fan_in]) if chips else x
-        x, w = self.split_rows(x, -1), self.split_rows(kernel, -2)
-        partials = tf.einsum("cbptr,ctrm->cbtpm", x, w) if chips else tf.einsum("bptr,trm->btpm", x, w)
-        return tf.reshape(partials, [-1, kernel.shape[-1]])
+        kernels ``[C, N, M]`` reads ``inputs`` as C equal parts, part c on kernel c. One product per
+        tile, of its own rows (no padding: twice as fast as one padded batched product, forward and back)."""
+        units, chips = kernel.shape[-1], kernel.shape.rank == 3
+        x = self.planes(inputs) if self.passes > 1 else inputs  # [B, P, N] or [B, N]
+        x = tf.reshape(x, [kernel.shape[0], -1, self.fan_in] if chips else [-1, self.fan_in])  # [C, b P, N] or [B P, N]
+        tiles = [tf.matmul(part, rows) for part, rows in zip(tf.split(x, self.rows, axis=-1), tf.split(kernel, self.rows, axis=-2))]
+        y = tf.reshape(tf.stack(tiles, axis=-2), [-1, self.passes, self.tiles, units])  # [B, P, T, M]
+        return tf.reshape(tf.transpose(y, [0, 2, 1, 3]) if self.passes > 1 else y, [-1, units])  # [B T P, M]
 
     def convolution(self, convolve, inputs, kernel):
         """Partials ``[B * count, H, W, C_out]`` of ``convolve(inputs, kernel)`` (NHWC) per tile and pass."""
