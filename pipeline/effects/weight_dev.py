@@ -77,7 +77,8 @@ def tiled_squares(inputs, kernel, inputs_are_signs: bool, kernel_are_signs: bool
     """:func:`squares_matmul` per tile: ``accumulate`` gives each tile's partial sums (one row per
     example and tile); a +-1 factor is one example (or one unit) of ones, broadcast."""
     if kernel_are_signs:
-        per_example = accumulate(tf.square(inputs), tf.ones([kernel.shape[0], 1], kernel.dtype))
+        squares = tf.ones_like(inputs) if inputs_are_signs else tf.square(inputs)  # no gradient through a +-1 factor
+        per_example = accumulate(squares, tf.ones([kernel.shape[0], 1], kernel.dtype))
         return per_example * tf.ones([1, kernel.shape[1]], kernel.dtype)
     if inputs_are_signs:
         per_unit = accumulate(tf.ones([1, kernel.shape[0]], kernel.dtype), tf.square(kernel))

@@ -78,8 +78,8 @@ class HardwareAwareMixin:
     def check_hardware(self, config: PerturbationConfig) -> None:
         """A ConfigError naming the parameter when ``config`` cannot run on this layer as built (its
         accumulator, its tiles, its bit-serial passes)."""
-        if config.tile_rows != self.perturbation.tile_rows:
-            raise ConfigError("tile_rows", f"layer {self.name} is built on tiles of {self.perturbation.tile_rows} rows; "
+        if self.tiling_for(config).rows != self.tiling.rows:
+            raise ConfigError("tile_rows", f"layer {self.name} is built on tiles of {self.tiling.rows} rows; "
                                            f"got tile_rows={config.tile_rows} (attach the hardware again)")
         if self.pixel_inputs and config.bit_serial and self.tiling.passes == 1:
             raise ConfigError("acc_format", f"layer {self.name} is not built bit-serial: popcount on its pixels needs "

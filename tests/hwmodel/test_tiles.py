@@ -12,6 +12,7 @@ from pipeline.config import ModelConfig
 from pipeline.perturbation import PerturbationConfig
 from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation
 from pipeline.hwmodel.tiles import Tiling
+from pipeline.effects.weight_dev import squares_matmul
 from pipeline.learning.models import build_model
 from pipeline.validation import ConfigError
 
@@ -195,3 +196,24 @@ def test_a_float_layer_holds_a_signed_register_in_accumulator_units():
     clean = layer_output(model, "dense_1", IMAGES[:64])
     np.testing.assert_array_equal(saturated, np.clip(clean, -2, 1))
     assert clean.min() < -2 and clean.max() > 1
+
+
+def test_training_with_tiles_and_variation_sends_no_gradient_through_plus_minus_1_squares():
+    """+-1 inputs and weights square to 1: the variance per tile is its row count, with no gradient
+    into the layer's inputs (a straight-through estimator would otherwise invent one)."""
+    layer = dense_layer(1, PerturbationConfig(weight_dev_pct=20, tile_rows=40), units=8, fan_in=96)
+    inputs = tf.Variable(RNG.standard_normal((16, 96)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        squares = squares_matmul(tf.sign(inputs), layer.quantized_kernel(), True, True, layer.tiling.dense)
+    np.testing.assert_array_equal(squares.numpy().reshape(16, 3, 8)[0, :, 0], [40, 40, 16])
+    assert tape.gradient(squares, inputs) is None
+
+
+def test_the_same_tiles_under_another_tile_rows_evaluate_without_a_copy():
+    """tile_rows 1000 on fan-ins <= 784 is one tile: the same arrays as none."""
+    model = one_bit_mlp(PerturbationConfig(noise_sigma=0.2), targets=("dense_1",))
+    with hardware_evaluation(model, PerturbationConfig(noise_sigma=0.2, tile_rows=1000), chip=0):
+        model(IMAGES[:8], training=False)
+    with pytest.raises(ConfigError, match="tile_rows"):
+        with hardware_evaluation(model, PerturbationConfig(noise_sigma=0.2, tile_rows=256), chip=0):
+            pass
