@@ -28,109 +28,28 @@ import tensorflow as tf
 from pipeline.config import SWEEP_TARGET_CHIPS, DataConfig, ModelConfig, RobustnessConfig, TrainConfig
 from pipeline.learning.data import prepare
 from pipeline.deploy.interpreter import median_seconds
-from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Site
-from pipeline.effects.base import KernelEffect, standard_normal
+from pipeline.effects import EFFECTS
 from pipeline.perturbation import TARGET_HARDWARE_FILE, PerturbationConfig, curve_point, load_target, typical_hardware
-from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers, set_condition
+from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, set_condition
 from pipeline.learning.models import build_model
 from pipeline.evaluation.robustness import (
     CompiledAccuracy,
     TargetValidation,
     chips_side_by_side,
-    condition_accuracies,
     evaluate_robustness,
     model_targets,
 )
 from pipeline.learning.training import compile_model, seed_everything
 
+from benchmarks import tiles
+from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, gaussians_at_outputs, interleaved_seconds,
+                               train_step_runner, training_draws)
+
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
-           "target_yield_s": 10.0, "pruning_signal": 0.10}
-BATCH = 64  #: training batch of the step benchmark (the default batch size)
+           "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS}
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
 QUICK_GRIDS = {effect.name: effect.curve.grid[:: len(effect.curve.grid) - 1] for effect in EFFECTS}  #: a smoke run: each curve's ends
 ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.parameters()[effect.curve.parameter]) for effect in EFFECTS}
-
-
-def train_step_runner(model, images, labels, steps_per_round: int = 10):
-    """A function running ``steps_per_round`` compiled training steps of ``model`` on one batch."""
-    compile_model(model, TrainConfig())
-    batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
-    train_function = model.make_train_function()
-
-    def run():
-        for _ in range(steps_per_round):
-            logs = train_function(batches)
-        float(logs["loss"])  # wait for the last step
-
-    run()  # warm-up: the trace
-    return run
-
-
-def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -> dict[str, float]:
-    """Median seconds per step of each runner, rounds interleaved so that drift hits all alike."""
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            started = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - started) / steps_per_round)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def draws_at_outputs(effect: Effect, layer, active_kernel_effects: list[Effect]) -> bool:
-    """Whether training draws ``effect`` at the layer's outputs (output effects; the last kernel
-    effect of a dense layer on flat inputs when it has an exact output form)."""
-    if effect.site is Site.OUTPUT:
-        return True
-    reparameterized = type(effect).output_variance is not KernelEffect.output_variance
-    return reparameterized and effect is active_kernel_effects[-1] and len(layer.input_shape) == 2
-
-
-def training_draws(model) -> list[tuple[str, Effect, tuple[int, ...], bool, dict]]:
-    """(layer, effect, shape, drawn at the outputs?, levels) of every random draw of one training step of ``model``."""
-    return [(layer.name, *draw) for layer in hardware_layers(model) for draw in training_draws_of(layer)]
-
-
-def training_draws_of(layer) -> list[tuple[Effect, tuple[int, ...], bool, dict]]:
-    active = [effect for effect, params in layer.perturbation if params.active and effect.sampling is not Sampling.DETERMINISTIC]
-    kernel_effects = [effect for effect in active if effect in KERNEL_EFFECTS]
-    draws = []
-    for effect in active:
-        at_outputs = draws_at_outputs(effect, layer, kernel_effects)
-        shape = (BATCH, *layer.output_shape[1:]) if at_outputs else tuple(layer.kernel.shape)
-        draws.append((effect, shape, at_outputs, effect.run_levels(layer.perturbation.params(effect))))
-    return draws
-
-
-def gaussians_at_outputs(model) -> int:
-    """N(0, 1) numbers a training step draws at the layers' outputs (one per output element of a
-    layer with a Gaussian output term: they are drawn as one)."""
-    return sum(int(np.prod(layer.output_shape[1:])) * BATCH for layer in hardware_layers(model)
-               if any(at_outputs for _, _, at_outputs, _ in training_draws_of(layer)))
-
-
-def draw_seconds(draws: list[tuple[str, Effect, tuple[int, ...], bool, dict]], rounds: int) -> float:
-    """Median seconds to make the random draws of one step, in one compiled function (the RNG floor;
-    Gaussian terms at the outputs of one layer are drawn as one, as the layer does)."""
-    def draw_all(seed):
-        total = tf.constant(0.0)
-        outputs_drawn = set()
-        for layer, effect, shape, at_outputs, levels in draws:
-            if at_outputs and layer not in outputs_drawn:
-                outputs_drawn.add(layer)
-                total += tf.reduce_sum(standard_normal(shape, seed))
-            elif not at_outputs:
-                drawn = effect.training_draw(shape, seed, levels)
-                parts = drawn if isinstance(drawn, tuple) else [drawn]
-                total += sum(tf.reduce_sum(tf.cast(part, tf.float32)) for part in parts)
-        return total
-
-    draw = tf.function(draw_all, autograph=False)
-    seed = tf.constant([1, 2], tf.int64)
-    empty = tf.function(lambda seed: tf.reduce_sum(tf.cast(seed, tf.float32)))  # the call overhead alone
-    float(draw(seed)), float(empty(seed))  # traces
-    drawing = median_seconds(lambda: float(draw(seed)), rounds)
-    return max(drawing - median_seconds(lambda: float(empty(seed)), rounds), 0.0)
 
 
 def training_overhead(data, quick: bool) -> list[dict]:
@@ -216,28 +135,19 @@ def target_yield_evaluation(data, quick: bool) -> dict:
     model = build_model(ModelConfig(bits=1))
     target, accuracy_spec = load_target(Path(__file__).resolve().parents[1] / TARGET_HARDWARE_FILE)
     chips = 100 if quick else 1000
-    config = RobustnessConfig(target=target, target_chips=chips, accuracy_spec=accuracy_spec)
-    targets = model_targets(model, target.perturb_layers)
-    per_pass = chips_side_by_side(model, targets, config, chips)
-    chip_model = attach_hardware(model, PerturbationConfig(), targets, chips_per_pass=per_pass)
-    calibrate(chip_model, data.images("val"))
-    images, labels = data.images("test"), data.labels("test")
-    accuracy = CompiledAccuracy(chip_model, config.batch_size)
-    with hardware_evaluation(chip_model, target, chip=0):
-        accuracy.per_chip(images, labels)  # warm-up: the one trace
-        started = time.perf_counter()
-        found = condition_accuracies(chip_model, accuracy, target, chips, 0, images, labels)
-        seconds = time.perf_counter() - started
+    timed = TargetChips(model, target, accuracy_spec, chips, data)
+    seconds, found = timed.seconds()
     dense = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Dense)]
-    flops_per_chip = sum(2 * len(labels) * int(np.prod(layer.kernel.shape)) for layer in dense)
+    flops_per_chip = sum(2 * len(timed.labels) * int(np.prod(layer.kernel.shape)) for layer in dense)
     peak = matmul_flops_per_second(max(dense, key=lambda layer: int(np.prod(layer.kernel.shape))).kernel.shape, quick)
-    draws_ms = chip_draw_seconds(chip_model, target, len(labels), quick) * 1000
+    draws_ms = chip_draw_seconds(timed.model, target, len(timed.labels), quick) * 1000
     floor_ms = 1000 * flops_per_chip / peak + draws_ms
-    return {"model": "mlp-1bit", "target": target.label, "chips": chips, "test_images": len(labels), "chips_per_pass": per_pass,
-            "seconds": seconds, "ms_per_chip": 1000 * seconds / chips, "gflops_per_chip": flops_per_chip / 1e9,
-            "gflop_per_s": flops_per_chip * chips / seconds / 1e9, "machine_matmul_gflop_per_s": peak / 1e9,
-            "draw_ms_per_chip": draws_ms, "floor_ms_per_chip": floor_ms, "ratio_to_floor": 1000 * seconds / chips / floor_ms,
-            "seconds_at_floor": floor_ms * chips / 1000, "traces": accuracy.traces, "chips_evaluated": len(found)}
+    return {"model": "mlp-1bit", "target": target.label, "chips": chips, "test_images": len(timed.labels),
+            "chips_per_pass": timed.chips_per_pass, "seconds": seconds, "ms_per_chip": 1000 * seconds / chips,
+            "gflops_per_chip": flops_per_chip / 1e9, "gflop_per_s": flops_per_chip * chips / seconds / 1e9,
+            "machine_matmul_gflop_per_s": peak / 1e9, "draw_ms_per_chip": draws_ms, "floor_ms_per_chip": floor_ms,
+            "ratio_to_floor": 1000 * seconds / chips / floor_ms, "seconds_at_floor": floor_ms * chips / 1000,
+            "traces": timed.accuracy.traces, "chips_evaluated": len(found)}
 
 
 def matmul_flops_per_second(kernel_shape, quick: bool) -> float:
@@ -248,29 +158,6 @@ def matmul_flops_per_second(kernel_shape, quick: bool) -> float:
     float(product(inputs, kernel))
     seconds = median_seconds(lambda: float(product(inputs, kernel)), 3 if quick else 10)
     return 2 * rows * kernel_shape[0] * kernel_shape[1] / seconds
-
-
-def chip_draw_seconds(chip_model, target: PerturbationConfig, images: int, quick: bool) -> float:
-    """The random numbers of one chip at ``target``, drawn alone: every active per-chip kernel
-    effect's draw for each perturbed kernel, and one N(0, 1) per output element of each random
-    per-pass output effect (the output noise) for every image."""
-    shapes = [(effect, tuple(layer.kernel.shape)) for layer in hardware_layers(chip_model) for effect, params in target
-              if params.active and effect.site is Site.KERNEL]
-    outputs = [(images, int(layer.kernel.shape[-1])) for layer in hardware_layers(chip_model) for effect, params in target
-               if params.active and effect.site is Site.OUTPUT and effect.sampling is Sampling.PER_PASS]
-
-    @tf.function(autograph=False)
-    def draw_all(seed):
-        total = tf.constant(0.0)
-        for effect, shape in shapes:
-            total += tf.reduce_sum(effect.draw(tf.constant(shape, tf.int32), seed))
-        for shape in outputs:
-            total += tf.reduce_sum(standard_normal(shape, seed))
-        return total
-
-    seed = tf.constant([1, 2], tf.int64)
-    float(draw_all(seed))
-    return median_seconds(lambda: float(draw_all(seed)), 5 if quick else 20)
 
 
 def pruning_signal_cost(data, quick: bool) -> dict:
@@ -506,6 +393,8 @@ def markdown(results: dict) -> str:
     for row in results["robustness_scaling"]:
         lines.append(f"| {row['data']} | {row['test_images']:,} | {row['chips']} | {row['chip_evaluations']} | {row['seconds']:.2f} | "
                      f"{row['ms_per_1k_images_per_chip_evaluation']:.2f} |")
+    if "tiles" in results:
+        lines += tiles.markdown(results["tiles"])
     s = results["sweep"]
     m = s["median_s"]
     lines += ["", f"Sweep: {s['trials']} trials ({s['complete_trials']} complete), {s['wall_s']:.0f} s wall. Median seconds per complete trial:", "",
@@ -543,6 +432,8 @@ the middle level of its default curve.
   matmuls at its best rate, plus their random numbers), measured in the same run.
 * **Sweep**: the cost of a trial outside training and clean evaluation, the pruning signal's cost
   per epoch, and resident memory across trials.
+* **Tiles**: the training step with every effect on 256-row crossbar tiles against the plain step,
+  and the target's 1,000 chips with tiles against the same target without them.
 * **Chips side by side**: a whole evaluation with the chips of a level in one pass against one
   chip per pass, and whether the two give the same table (they must: bit for bit).
 
@@ -589,7 +480,7 @@ def main(argv=None) -> int:
     results = {"quick": args.quick, "machine": machine(), "targets": TARGETS}
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     sections = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
-                "robustness_scaling")
+                "robustness_scaling", "tiles")
     if unknown := [name for name in only if name not in sections]:
         parser.error(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
     if only:
@@ -606,7 +497,8 @@ def main(argv=None) -> int:
                        ("pruning_signal", lambda: pruning_signal_cost(data, args.quick)),
                        ("sweep", lambda: sweep_costs(args.quick, output)),  # before the CNN side by side's memory peak
                        ("chips_side_by_side", lambda: side_by_side_evaluations(data, fashion, args.quick)),
-                       ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick))):
+                       ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick)),
+                       ("tiles", lambda: tiles.tiles_costs(data, args.quick))):
         if only and name not in only:
             continue
         print(f"[benchmark] {name} ...", flush=True)

@@ -42,6 +42,11 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert target["chips_evaluated"] == target["chips"] == 100 and target["traces"] == 1
     assert target["floor_ms_per_chip"] > target["draw_ms_per_chip"] > 0 and target["ratio_to_floor"] > 0
     assert results["pruning_signal"]["ratio"] > 0 and results["pruning_signal"]["epoch_s"] > 0
+    tiles = results["tiles"]  # 256-row tiles: the training step and the target's chips, with and without
+    assert tiles["training"]["ratio"] > 0 and tiles["training"]["levels"].endswith("-t256")
+    assert [row["target"] for row in tiles["targets"]] == ["target_hardware.yaml + 256-row tiles", "target_hardware_tiles.yaml"]
+    assert all(row["chips"] == 20 and row["tiles_s"] > 0 and row["without_s"] > 0 for row in tiles["targets"])
+    assert "Crossbar tiles of 256 rows" in report
     # --only measures the sections named and keeps the others; a quick run is not mixed with a full one
     again = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "pruning_signal", "--output", str(tmp_path)],
                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)

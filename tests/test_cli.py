@@ -42,6 +42,8 @@ from pipeline.perturbation import PerturbationConfig
         (["perturb", "--acc_bits", "8", "--acc_format", "gray"], "acc_format"),
         (["perturb", "--acc_bits", "8", "--clip_min", "0", "--clip_max", "255"], "acc_bits"),
         (["perturb", "--bits", "2", "--acc_bits", "8", "--acc_format", "popcount"], "acc_format"),  # no +-1 products
+        (["main", "--target", "sweeps/target_hardware_tiles.yaml"], "acc_format"),  # the float baseline has no +-1 products
+        (["baseline", "--target", "sweeps/target_hardware_tiles.yaml"], "acc_format"),
         (["main", "--perturb_layers", "dense_1,dense_7"], "perturb_layers"),
         (["perturb", "--arch", "cnn", "--perturb_layers", "dense_2"], "perturb_layers"),
         (["qat", "--chips", "0"], "chips"),

@@ -4,6 +4,7 @@ before data, TensorFlow or MLflow), then hands them to a stage or the sweep."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from pipeline.cli.arguments import (compared_model_config, data_config, given, hardware_configs, qat_model_config,
                                     model_config, resolve_project_file, robustness_config, train_config)
@@ -56,6 +57,9 @@ def run_main(args: argparse.Namespace) -> None:
     data_cfg, model_cfg, train_cfg = data_config(args), qat_model_config(args), train_config(args)
     compared = compared_model_config(args, model_cfg)
     robust_cfg, perturbation = hardware_configs(args, model_cfg, with_perturbation=True)
+    for evaluated in (dataclasses.replace(model_cfg, bits=32), compared):  # every model main evaluates at the target
+        if evaluated is not None:
+            robust_cfg.target.targets(evaluated)
     from pipeline.app import stages, tracking
 
     tracking.use_experiment()

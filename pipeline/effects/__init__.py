@@ -51,6 +51,15 @@ def converter_range(levels: dict, context):
     return lo, hi
 
 
+def saturated_statically(levels: dict) -> bool:
+    """Whether an output effect with limits (saturation) is on for sure (Python levels: training), so
+    the values a converter reads already lie in its full scale and need no clip of their own."""
+    from pipeline.effects.base import OutputEffect
+
+    return any(type(effect).limits is not OutputEffect.limits and effect.is_on(levels[effect.name]) is True
+               for effect in OUTPUT_EFFECTS)
+
+
 def markdown_table() -> str:
     """The table of docs/hardware-model.md (``python -m pipeline.effects --page docs/hardware-model.md``)."""
     plain = lambda value: str(getattr(value, "value", value)).replace("None", "none")  # noqa: E731
@@ -64,4 +73,4 @@ def markdown_table() -> str:
 
 
 __all__ = ["EFFECTS", "EFFECT_NAMES", "Effect", "EffectParams", "KERNEL_EFFECTS", "OUTPUT_EFFECTS", "PARAMETERS", "Sampling",
-           "SearchRange", "converter_range", "markdown_table"]
+           "SearchRange", "converter_range", "markdown_table", "saturated_statically"]

@@ -66,7 +66,8 @@ class Adc(OutputEffect):
         converting = True
         if not isinstance(levels["levels"], (int, float)):  # at evaluation: only on a finite (calibrated) range
             converting = tf.reduce_all(tf.logical_and(tf.math.is_finite(lo), tf.math.is_finite(hi)))
-        return when(converting, lambda values: convert(clip(values, lo, hi), lo, hi, levels["levels"]), outputs)
+        read = (lambda values: values) if context.saturated else (lambda values: clip(values, lo, hi))
+        return when(converting, lambda values: convert(read(values), lo, hi, levels["levels"]), outputs)
 
 
 def convert(clipped, lo, hi, levels):

@@ -101,6 +101,7 @@ class OutputContext:
     normal: Callable[[Effect], Any]  #: N(0, 1) of the output's shape, seeded for this effect and pass
     accumulator: Accumulator | None = None
     full_scale: Callable[[], tuple[Any, Any]] | None = None  #: what a converter reads: the active limits, else the clean range
+    saturated: bool = False  #: the values already lie in ``full_scale`` (a saturation on for sure before the converter)
 
 
 class Effect(abc.ABC):

@@ -175,11 +175,13 @@ def register_bounds(levels, accumulator: Accumulator):
 
 def clip(outputs, lo, hi):
     """``clip(outputs, lo, hi)``, gradient 1 inside and 0 outside, none for the bounds (constants or
-    gradient-stopped): two passes backward instead of ``tf.clip_by_value``'s six."""
+    gradient-stopped): two passes backward instead of ``tf.clip_by_value``'s six; inside is where the
+    clip changes nothing (one comparison, not two and their conjunction)."""
 
     @tf.custom_gradient
     def clipped(values):
-        inside = tf.logical_and(values >= lo, values <= hi)
-        return tf.clip_by_value(values, lo, hi), lambda upstream: tf.where(inside, upstream, tf.zeros_like(upstream))
+        bounded = tf.clip_by_value(values, lo, hi)
+        inside = tf.equal(bounded, values)
+        return bounded, lambda upstream: tf.where(inside, upstream, tf.zeros_like(upstream))
 
     return clipped(outputs)

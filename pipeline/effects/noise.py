@@ -19,15 +19,15 @@ from pipeline.validation import parse_enum, require_float
 
 
 class NoiseMode(str, enum.Enum):
-    RELATIVE = "relative"  #: std = noise_sigma x RMS of the example's clean layer output (scale-free)
+    RELATIVE = "relative"  #: std = noise_sigma x RMS of the example's clean partial sum (per tile; scale-free)
     ABSOLUTE = "absolute"  #: std = noise_sigma, in the layer's output (accumulator) units
 
 
 @dataclass(frozen=True)
 class NoiseParams(EffectParams):
     noise_sigma: float = 0.0
-    """Output noise std, >= 0: relative mode, a fraction of the RMS of the example's clean layer
-    output (dimensionless); absolute mode, accumulator units. 0 = off."""
+    """Output noise std, >= 0: relative mode, a fraction of the RMS of the example's clean partial sum
+    (per tile; the layer's output with one tile; dimensionless); absolute mode, accumulator units. 0 = off."""
     noise_mode: NoiseMode = NoiseMode.RELATIVE
     """``relative`` (scale-free, the default) or ``absolute`` (accumulator units)."""
 
@@ -43,7 +43,7 @@ class NoiseParams(EffectParams):
 
 class Noise(OutputEffect):
     name, params, order, sampling, stream = "noise", NoiseParams, 0, Sampling.PER_PASS, 1
-    formula = ("y ← y + σ·s·n, n ~ N(0, 1); relative: s = RMS of the example's clean output (σ a ratio), "
+    formula = ("y ← y + σ·s·n, n ~ N(0, 1) per tile; relative: s = RMS of the example's clean partial sum over the units (σ a ratio), "
                "absolute: s = 1 (σ in accumulator units)")
     curve = Curve("noise_sigma", (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), "output noise sigma (x RMS of clean output)")
     search = {"noise_sigma": SearchRange(0.0, 0.8), "noise_mode": NoiseMode.RELATIVE.value}
@@ -65,4 +65,8 @@ class Noise(OutputEffect):
         if not levels["relative"]:
             return levels["sigma"] ** 2
         axes = list(range(1, outputs.shape.rank))
-        return levels["sigma"] ** 2 * tf.reduce_mean(tf.stop_gradient(tf.square(outputs) + variance), axis=axes, keepdims=True)
+        mean_square = tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=axes, keepdims=True)
+        if isinstance(variance, (int, float)):
+            return levels["sigma"] ** 2 * (mean_square + variance)
+        # mean(y^2 + v) = mean(y^2) + mean(v): v broadcasts to the outputs (per example or per unit), never added to them
+        return levels["sigma"] ** 2 * (mean_square + tf.reduce_mean(tf.stop_gradient(variance), axis=axes, keepdims=True))

@@ -58,29 +58,28 @@ class WeightDev(KernelEffect):
 
 
 def squares_matmul(inputs, kernel, inputs_are_signs: bool, kernel_are_signs: bool, accumulate=None):
-    """``accumulate(inputs^2, kernel^2)``, by default ``inputs^2 @ kernel^2``. A +-1 factor squares to 1:
-    a row sum, a column sum or the fan-in (per tile: of the tile's rows), with no gradient through it
-    (a straight-through estimator would otherwise invent one)."""
+    """``accumulate(inputs^2, kernel^2)``, by default ``inputs^2 @ kernel^2``, broadcastable to the
+    outputs. A +-1 factor squares to 1: a row sum, a column sum or the fan-in (per tile: of the
+    tile's rows), with no gradient through it (a straight-through estimator would otherwise invent one)."""
     if accumulate is not None:
         return tiled_squares(inputs, kernel, inputs_are_signs, kernel_are_signs, accumulate)
-    shape = [tf.shape(inputs)[0], tf.shape(kernel)[1]]
     if inputs_are_signs and kernel_are_signs:
-        return tf.fill(shape, tf.cast(tf.shape(kernel)[0], inputs.dtype))
+        return tf.fill([1, 1], tf.cast(tf.shape(kernel)[0], inputs.dtype))
     if kernel_are_signs:
-        return tf.broadcast_to(tf.reduce_sum(tf.square(inputs), axis=1, keepdims=True), shape)
+        return tf.reduce_sum(tf.square(inputs), axis=1, keepdims=True)  # [B, 1]: the same for every unit
     if inputs_are_signs:
-        return tf.broadcast_to(tf.reduce_sum(tf.square(kernel), axis=0, keepdims=True), shape)
+        return tf.reduce_sum(tf.square(kernel), axis=0, keepdims=True)  # [1, M]: the same for every example
     return tf.matmul(tf.square(inputs), tf.square(kernel))
 
 
 def tiled_squares(inputs, kernel, inputs_are_signs: bool, kernel_are_signs: bool, accumulate):
     """:func:`squares_matmul` per tile: ``accumulate`` gives each tile's partial sums (one row per
-    example and tile); a +-1 factor is one example (or one unit) of ones, broadcast."""
-    if kernel_are_signs:
-        squares = tf.ones_like(inputs) if inputs_are_signs else tf.square(inputs)  # no gradient through a +-1 factor
-        per_example = accumulate(squares, tf.ones([kernel.shape[0], 1], kernel.dtype))
-        return per_example * tf.ones([1, kernel.shape[1]], kernel.dtype)
-    if inputs_are_signs:
-        per_unit = accumulate(tf.ones([1, kernel.shape[0]], kernel.dtype), tf.square(kernel))
-        return tf.tile(per_unit, [tf.shape(inputs)[0], 1])
+    example and tile); a +-1 factor is one example (or one unit) of ones, the result broadcast."""
+    examples, ones = tf.shape(inputs)[0], tf.ones([kernel.shape[0], 1], kernel.dtype)
+    if kernel_are_signs and inputs_are_signs:  # per tile: its rows, for every example and unit
+        return tf.tile(accumulate(tf.ones_like(inputs[:1]), ones), [examples, 1])
+    if kernel_are_signs:  # [B T, 1]: the same for every unit
+        return accumulate(tf.square(inputs), ones)
+    if inputs_are_signs:  # [T, M] for every example
+        return tf.tile(accumulate(tf.ones([1, kernel.shape[0]], kernel.dtype), tf.square(kernel)), [examples, 1])
     return accumulate(tf.square(inputs), tf.square(kernel))

@@ -30,7 +30,7 @@ import pipeline  # noqa: F401
 import larq as lq
 import tensorflow as tf
 
-from pipeline.effects import EFFECTS, KERNEL_EFFECTS, OUTPUT_EFFECTS, converter_range
+from pipeline.effects import EFFECTS, KERNEL_EFFECTS, OUTPUT_EFFECTS, converter_range, saturated_statically
 from pipeline.effects.base import Accumulator, OutputContext, standard_normal, when
 from pipeline.perturbation import PerturbationConfig
 from pipeline.validation import ConfigError
@@ -131,8 +131,8 @@ class HardwareAwareMixin:
 
     def _context(self, clean, training: bool, levels, normal) -> OutputContext:
         """What the output effects read about the clean partial sums ``clean``."""
-        context = OutputContext(lambda: self._clean_range(clean, training), lambda effect: normal(clean, effect),
-                                self.accumulator(clean), lambda: converter_range(levels, context))
+        context = OutputContext(lambda: self._clean_range(clean, training), lambda effect: normal(clean, effect), self.accumulator(clean),
+                                lambda: converter_range(levels, context), saturated_statically(levels))
         return context
 
     def _finish(self, partials):

@@ -1,7 +1,7 @@
 """Crossbar tiles: a layer's fan-in split into arrays of at most R rows, each read on its own, summed digitally.
 
 A targeted layer of fan-in N (dense: its N inputs; convolution: its im2col rows, N = kh kw C_in, in
-the kernel's (kh, kw, C_in) order, so a tile holds whole kernel positions' channels first) is split into
+the kernel's (kh, kw, C_in) order: row (r kw + c) C_in + ch) is split into
 ``T = ceil(N / R)`` tiles of R rows (``tile_rows``), the last one ``N - (T - 1) R``. A layer reading
 8-bit pixels whose counters count XNORs (``acc_format=popcount``) is also read **bit-serially**, as
 the deployment computes it: P = 8 passes per tile, pass b reading the pixel code's bit plane
@@ -90,7 +90,7 @@ class Tiling:
         x = self.planes(inputs) if self.passes > 1 else inputs  # [B, P, N] or [B, N]
         x = tf.reshape(x, [kernel.shape[0], -1, self.fan_in] if chips else [-1, self.fan_in])  # [C, b P, N] or [B P, N]
         tiles = [tf.matmul(part, rows) for part, rows in zip(tf.split(x, self.rows, axis=-1), tf.split(kernel, self.rows, axis=-2))]
-        y = tf.reshape(tf.stack(tiles, axis=-2), [-1, self.passes, self.tiles, units])  # [B, P, T, M]
+        y = tf.reshape(tf.concat(tiles, axis=-1), [-1, self.passes, self.tiles, units])  # [B, P, T, M] (a concat: faster than a stack)
         return tf.reshape(tf.transpose(y, [0, 2, 1, 3]) if self.passes > 1 else y, [-1, units])  # [B T P, M]
 
     def convolution(self, convolve, inputs, kernel):
@@ -122,4 +122,5 @@ class Tiling:
     def partial_range(self, partials):
         """[min, max] of every partial over a batch of folded ``partials``: two ``[count]`` tensors."""
         grouped = tf.reshape(partials, [-1, self.count, tf.reduce_prod(tf.shape(partials)[1:])])
-        return tf.reduce_min(grouped, axis=[0, 2]), tf.reduce_max(grouped, axis=[0, 2])
+        # the contiguous axis first: several times faster than one reduction over the outer and inner axes
+        return tf.reduce_min(tf.reduce_min(grouped, axis=2), axis=0), tf.reduce_max(tf.reduce_max(grouped, axis=2), axis=0)

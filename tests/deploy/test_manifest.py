@@ -222,3 +222,27 @@ def test_decreasing_units_of_a_negative_batchnorm_scale(images):
         rule = np.where(decreasing, y <= t, y >= t)
         np.testing.assert_array_equal(np.where(rule, 1.0, -1.0), received(model, layer, values), err_msg=layer.name)
         assert activation["decreasing_units"] == list(range(1, layer.units, 2))
+
+
+def test_tiles_and_bit_serial_passes_each_get_their_counter_and_adc_in_hardware_units(images):
+    """Popcount counters of 8 bits on tiles of 300 rows: the first layer (784 pixels) has tiles of
+    300, 300 and 184 rows, each read in 8 bit-plane passes (24 partials); a 300-row count saturates
+    at 255, i.e. y = 2 * 255 - 300 = 210; a 184-row one never saturates (its count reaches 184)."""
+    model = model_with(ModelConfig(bits=1, hidden_units=(64, 32)), images)
+    target = PerturbationConfig(clip_mode="accumulator", acc_bits=8, acc_format="popcount", out_bits=4, tile_rows=300,
+                                perturb_layers="hidden")
+    manifest = hardware_manifest(model, images, trained_with=None, target=target)
+    json.dumps(manifest, allow_nan=False)
+    first, second = (entry["effects"]["target"]["tiles"] for entry in manifest["layers"][:2])
+    assert [(entry["tile"], entry["rows"], entry["pass"]) for entry in first] == [
+        (tile, rows, bit) for tile, rows in enumerate((300, 300, 184)) for bit in range(8)]
+    for entry in first:
+        hi = min(entry["rows"], 510 - entry["rows"])
+        assert entry["unit"] == 1 and entry["clip"]["bounds"] == [-entry["rows"], hi]
+        assert entry["clip"]["count_range"] == [0, (hi + entry["rows"]) / 2]
+        assert entry["adc"] == {"levels": 16, "step": pytest.approx((hi + entry["rows"]) / 15)}
+        lo, top = entry["clean_range"]
+        assert -entry["rows"] <= lo <= top <= entry["rows"] and (lo - entry["rows"]) % 2 == 0  # a plane sum has N_t's parity
+    assert first[0]["clip"]["count_range"] == [0, 255] and first[-1]["clip"]["count_range"] == [0, 184]
+    tile, = second  # 64 rows: one tile, +-1 x +-1, no passes
+    assert "pass" not in tile and tile["rows"] == 64 and tile["clip"]["bounds"] == [-64, 64]

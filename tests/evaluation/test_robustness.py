@@ -9,7 +9,7 @@ from pipeline.config import DataConfig, ModelConfig, RobustnessConfig, TrainConf
 from pipeline.learning.data import prepare
 from pipeline.effects import EFFECTS, Sampling
 from pipeline.perturbation import PerturbationConfig, curve_point
-from pipeline.hwmodel.chips import attach_hardware
+from pipeline.hwmodel.chips import attach_hardware, hardware_evaluation
 from pipeline.learning.models import build_model
 from pipeline.evaluation.robustness import (
     MAX_CHIPS_PER_PASS,
@@ -132,6 +132,29 @@ def test_pruning_signal_calibrates_only_for_a_relative_clip_range(tiny_data, tar
     monitor.on_epoch_end(0, logs)
     state = model.layers[1].hardware_state
     assert np.isfinite(state.calibrated_hi.numpy()) == calibrates and 0 <= logs["val_target_accuracy"] <= 1
+
+
+def test_pruning_signal_on_the_targets_tiles_reads_a_copy_that_follows_the_training_weights(tiny_data):
+    """A model trained without tiles, a target on tiles of 100 rows: the signal is the target's
+    chip on a copy with the target's arrays, holding the weights of the epoch just ended."""
+    target = PerturbationConfig(clip_mode="absolute", clip_min=-20, clip_max=20, tile_rows=100)
+    model = attach_hardware(build_model(ModelConfig(bits=1, hidden_units=(16,))), PerturbationConfig(noise_sigma=0.2), ("dense_1",))
+    monitor = TargetValidation(tiny_data, target)
+    monitor.set_model(model)
+    monitor.on_train_begin()
+    assert monitor.chip_model is not model and monitor.chip_model.get_layer("dense_1").tiling.tiles == 8
+    kernel = model.get_layer("dense_1").kernel
+    kernel.assign(-kernel)  # what an epoch of training would change
+    logs = {}
+    monitor.on_epoch_end(0, logs)
+    expected = attach_hardware(model, target, ("dense_1",))
+    with hardware_evaluation(expected, target, chip=0):
+        predictions = expected.predict(tiny_data.images("val"), verbose=0).argmax(axis=1)
+    assert logs["val_target_accuracy"] == pytest.approx(np.mean(predictions == tiny_data.labels("val")), abs=1e-6)
+    same = TargetValidation(tiny_data, target.replace(tile_rows=None))
+    same.set_model(model)
+    same.on_train_begin()
+    assert same.chip_model is model  # the same arrays: no copy
 
 
 @pytest.fixture(scope="module")

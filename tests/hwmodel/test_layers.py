@@ -51,20 +51,24 @@ def test_zero_perturbation_is_the_plain_model_bit_for_bit(bits, arch):
 # --------------------------------------------------------------------------- chips side by side
 
 
-@pytest.mark.parametrize("arch, bits", [("mlp", 1), ("mlp", 32), ("mlp", 2), ("cnn", 1)])
-def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch, bits):
+@pytest.mark.parametrize("arch, bits, tiles", [("mlp", 1, None), ("mlp", 32, None), ("mlp", 2, None), ("cnn", 1, None),
+                                              ("mlp", 1, 20), ("cnn", 1, 20)])
+def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch, bits, tiles):
     """P chips in one pass (part k of the batch on chip k; dense layers: one batched matmul) give
     exactly what each chip gives alone, with every effect of the registry on: the same per-chip
-    draws, the same noise per pass, the same saturation and ADC -- also with float and k-bit sums."""
+    draws, the same noise per pass, the same saturation and ADC -- also with float and k-bit sums,
+    and on tiles of 20 rows (every layer but the CNN's first convolution, 9 rows, has several)."""
     tf.keras.utils.set_random_seed(5)
     config = ModelConfig(arch=arch, bits=bits, hidden_units=(48, 32))
     plain = build_model(config)
-    first = every_effect(out_bits=4, perturb_layers="all")
+    first = every_effect(out_bits=4, perturb_layers="all", tile_rows=tiles)
     second = first.replace(**{effect.curve.parameter: effect.curve.grid[-2] for effect in EFFECTS})  # new levels, same draws
     targets = first.targets(config)
-    alone = attach_hardware(plain, PerturbationConfig(), targets)
-    side_by_side = attach_hardware(plain, PerturbationConfig(), targets, chips_per_pass=3)
-    assert calibrate(side_by_side, IMAGES[:128]) == calibrate(alone, IMAGES[:128])
+    alone = attach_hardware(plain, PerturbationConfig(tile_rows=tiles), targets)
+    side_by_side = attach_hardware(plain, PerturbationConfig(tile_rows=tiles), targets, chips_per_pass=3)
+    ranges = calibrate(side_by_side, IMAGES[:128])
+    assert ranges == calibrate(alone, IMAGES[:128])
+    assert (max(len(partials) for partials in ranges.values()) > 1) == (tiles is not None)  # per tile
     chips, batches = [11, 4, 7], [IMAGES[:40], IMAGES[40:64]]  # two passes per level: fresh noise per pass
 
     def outputs(model, chip, copies):
@@ -110,6 +114,23 @@ def test_hardware_layers_round_trip_config_and_files(tmp_path):
     assert reloaded.get_layer("dense_1").perturbation == layer.perturbation
     np.testing.assert_array_equal(reloaded(IMAGES[:16]).numpy(), model(IMAGES[:16]).numpy())
     with hardware_evaluation(model, config, chip=3), hardware_evaluation(reloaded, config, chip=3):
+        np.testing.assert_array_equal(reloaded(IMAGES[:16]).numpy(), model(IMAGES[:16]).numpy())
+
+
+def test_a_bit_serial_tiled_layer_round_trips_its_pixels_and_tiles(tmp_path):
+    """The first layer read bit-serially on tiles: the saved model knows it reads pixels (its passes)
+    and its tiles, and a reloaded chip computes exactly the same numbers."""
+    config = PerturbationConfig(clip_mode="accumulator", acc_bits=6, acc_format="popcount", tile_rows=300, noise_sigma=0.1)
+    model = hardware_model(bits=1, config=config)
+    layer = model.get_layer("dense_1")
+    assert layer.pixel_inputs and (layer.tiling.tiles, layer.tiling.passes) == (3, 8)
+    copy = HardwareAwareQuantDense.from_config(layer.get_config())
+    assert copy.pixel_inputs and copy.perturbation == layer.perturbation
+    model.save(tmp_path / "m.keras")
+    reloaded = tf.keras.models.load_model(tmp_path / "m.keras")
+    assert reloaded.get_layer("dense_1").pixel_inputs and reloaded.get_layer("dense_1").tiling == layer.tiling
+    calibrate(model, IMAGES[:64]), calibrate(reloaded, IMAGES[:64])
+    with hardware_evaluation(model, config, chip=2), hardware_evaluation(reloaded, config, chip=2):
         np.testing.assert_array_equal(reloaded(IMAGES[:16]).numpy(), model(IMAGES[:16]).numpy())
 
 
@@ -167,6 +188,10 @@ def test_target_hardware_file(tmp_path):
     target, accuracy_spec = load_target("sweeps/target_hardware.yaml")
     assert target.noise_sigma > 0 and target.weight_dev_pct > 0 and target.clip_mode.value == "relative"
     assert 0 < accuracy_spec < 1
+    circuit, circuit_spec = load_target("sweeps/target_hardware_tiles.yaml")  # the same chip in the circuit's units
+    assert (circuit.clip_mode.value, circuit.acc_bits, circuit.acc_format.value, circuit.tile_rows) == ("accumulator", 8, "popcount", 256)
+    assert circuit.bit_serial and circuit.out_bits == 4 and circuit_spec == accuracy_spec
+    assert (circuit.noise_sigma, circuit.weight_dev_pct) == (target.noise_sigma, target.weight_dev_pct)
     (tmp_path / "bad.yaml").write_text("noise_sigma: 0.1\nvoltage: 3\n")
     with pytest.raises(ConfigError, match="target: .*bad.yaml: unknown key.*voltage; known: .*noise_sigma"):
         load_target(tmp_path / "bad.yaml")

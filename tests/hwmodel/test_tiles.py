@@ -115,6 +115,31 @@ def test_popcount_on_the_first_layer_counts_every_pixel_bit_plane_on_its_own():
     assert np.abs(saturated - plain).max() > 1.0  # ... and the counters saturated
 
 
+def im2col(inputs, size):
+    """numpy: ``[B, H, W, C]`` -> ``[B, H', W', size * size * C]`` valid patches in the kernel's (kh, kw, C_in) order."""
+    rows, cols = inputs.shape[1] - size + 1, inputs.shape[2] - size + 1
+    patches = [inputs[:, i : i + rows, j : j + cols, :] for i in range(size) for j in range(size)]
+    return np.concatenate(patches, axis=-1)
+
+
+def test_a_convolution_is_tiled_along_its_im2col_rows_each_tile_saturating_on_its_own():
+    """A 3x3 convolution of 4 channels (N = 36 im2col rows) on tiles of 16 rows (16, 16, 4), each
+    tile's partial sum clipped to [-3, 3], against numpy's im2col: rows in (kh, kw, C_in) order."""
+    from pipeline.hwmodel.layers import HardwareAwareQuantConv2D
+
+    tf.keras.utils.set_random_seed(3)
+    config = PerturbationConfig(clip_mode="absolute", clip_min=-3, clip_max=3, tile_rows=16)
+    layer = HardwareAwareQuantConv2D(5, 3, use_bias=False, input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                                     hardware=config)
+    inputs = RNG.standard_normal((6, 7, 7, 4)).astype(np.float32)
+    layer.build(inputs.shape)
+    assert layer.tiling.rows == [16, 16, 4]
+    patches, kernel = im2col(signs(inputs), 3), signs(layer.kernel.numpy()).reshape(36, 5)
+    expected = sum(np.clip(patches[..., rows] @ kernel[rows], -3, 3) for rows in (slice(0, 16), slice(16, 32), slice(32, 36)))
+    np.testing.assert_array_equal(layer(inputs, training=True).numpy(), expected)
+    assert (expected != np.clip(patches @ kernel, -3, 3)).any()  # not the whole sum clipped
+
+
 # --------------------------------------------------------------------------- noise and the ADC per tile
 
 
@@ -205,7 +230,7 @@ def test_training_with_tiles_and_variation_sends_no_gradient_through_plus_minus_
     inputs = tf.Variable(RNG.standard_normal((16, 96)).astype(np.float32))
     with tf.GradientTape() as tape:
         squares = squares_matmul(tf.sign(inputs), layer.quantized_kernel(), True, True, layer.tiling.dense)
-    np.testing.assert_array_equal(squares.numpy().reshape(16, 3, 8)[0, :, 0], [40, 40, 16])
+    np.testing.assert_array_equal(np.broadcast_to(squares.numpy(), (48, 8)).reshape(16, 3, 8)[0, :, 0], [40, 40, 16])
     assert tape.gradient(squares, inputs) is None
 
 
