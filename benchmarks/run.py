@@ -42,8 +42,8 @@ from pipeline.evaluation.robustness import (
 from pipeline.learning.training import compile_model, seed_everything
 
 from benchmarks import tiles
-from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, gaussians_at_outputs, interleaved_seconds,
-                               train_step_runner, training_draws)
+from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, gaussians_at_outputs, hardware_aware_model,
+                               interleaved_seconds, train_step_runner, training_draws)
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
            "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS}
@@ -63,13 +63,8 @@ def training_overhead(data, quick: bool) -> list[dict]:
         variants = {"plain": None, "all": ALL_EFFECTS, **ONE_EFFECT}
         runners, models = {}, {}
         for name, levels in variants.items():
-            seed_everything(0)
-            model = build_model(config)
-            if levels is not None:
-                perturbation = levels.replace(perturb_layers=layers)
-                model = attach_hardware(model, perturbation, perturbation.targets(config), train_seed=0)
-            models[name] = model
-            runners[name] = train_step_runner(model, images, labels, steps)
+            models[name] = hardware_aware_model(config, levels and levels.replace(perturb_layers=layers))
+            runners[name] = train_step_runner(models[name], images, labels, steps)
         seconds = interleaved_seconds(runners, rounds, steps)
         plain = seconds["plain"]
         draws = training_draws(models["all"])

@@ -15,12 +15,12 @@ import pipeline  # noqa: F401
 import tensorflow as tf
 
 from pipeline.config import ModelConfig
-from pipeline.hwmodel.chips import attach_hardware
 from pipeline.learning.models import build_model
 from pipeline.learning.training import seed_everything
 from pipeline.perturbation import TARGET_HARDWARE_FILE, load_target, typical_hardware
 
-from benchmarks.timing import BATCH, TargetChips, chip_draw_seconds, draw_seconds, interleaved_seconds, train_step_runner, training_draws
+from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, hardware_aware_model, interleaved_seconds,
+                               train_step_runner, training_draws)
 
 TILE_ROWS = 256
 TILES_TARGET_FILE = "sweeps/target_hardware_tiles.yaml"
@@ -40,10 +40,7 @@ def tiles_training(data, quick: bool) -> dict:
     every = typical_hardware()
     config, runners, floors = ModelConfig(bits=1), {}, {}
     for name, levels in (("plain", None), ("every_effect", every), ("every_effect_tiles", every.replace(tile_rows=TILE_ROWS))):
-        seed_everything(0)
-        model = build_model(config)
-        if levels is not None:
-            model = attach_hardware(model, levels, levels.targets(config), train_seed=0)
+        model = hardware_aware_model(config, levels)
         runners[name] = train_step_runner(model, images, labels, steps)
         floors[name] = draw_seconds(training_draws(model), rounds) if levels is not None else 0.0
     seconds = interleaved_seconds(runners, rounds, steps)

@@ -17,7 +17,8 @@ from pipeline.effects import KERNEL_EFFECTS, Effect, Sampling, Site
 from pipeline.effects.base import KernelEffect, standard_normal
 from pipeline.evaluation.robustness import CompiledAccuracy, chips_side_by_side, condition_accuracies, model_targets
 from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers
-from pipeline.learning.training import compile_model
+from pipeline.learning.models import build_model
+from pipeline.learning.training import compile_model, seed_everything
 from pipeline.perturbation import PerturbationConfig
 
 BATCH = 64  #: training batch of the step benchmarks (the default batch size)
@@ -36,6 +37,13 @@ def train_step_runner(model, images, labels, steps_per_round: int = 10):
 
     run()  # warm-up: the trace
     return run
+
+
+def hardware_aware_model(config, levels: PerturbationConfig | None):
+    """The plain model of ``config`` (seed 0), attached with ``levels`` for training (none: plain)."""
+    seed_everything(0)
+    model = build_model(config)
+    return model if levels is None else attach_hardware(model, levels, levels.targets(config), train_seed=0)
 
 
 def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -> dict[str, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from pipeline.effects.base import Effect, EffectParams, Sampling, SearchRange, Site
+from pipeline.effects.base import Effect, EffectParams, OutputEffect, Sampling, SearchRange, Site
 
 
 def discover() -> tuple[Effect, ...]:
@@ -54,8 +54,6 @@ def converter_range(levels: dict, context):
 def saturated_statically(levels: dict) -> bool:
     """Whether an output effect with limits (saturation) is on for sure (Python levels: training), so
     the values a converter reads already lie in its full scale and need no clip of their own."""
-    from pipeline.effects.base import OutputEffect
-
     return any(type(effect).limits is not OutputEffect.limits and effect.is_on(levels[effect.name]) is True
                for effect in OUTPUT_EFFECTS)
 
