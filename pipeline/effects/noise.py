@@ -65,8 +65,4 @@ class Noise(OutputEffect):
         if not levels["relative"]:
             return levels["sigma"] ** 2
         axes = list(range(1, outputs.shape.rank))
-        mean_square = tf.reduce_mean(tf.square(tf.stop_gradient(outputs)), axis=axes, keepdims=True)
-        if isinstance(variance, (int, float)):
-            return levels["sigma"] ** 2 * (mean_square + variance)
-        # mean(y^2 + v) = mean(y^2) + mean(v): v broadcasts to the outputs (per example or per unit), never added to them
-        return levels["sigma"] ** 2 * (mean_square + tf.reduce_mean(tf.stop_gradient(variance), axis=axes, keepdims=True))
+        return levels["sigma"] ** 2 * tf.reduce_mean(tf.stop_gradient(tf.square(outputs) + variance), axis=axes, keepdims=True)
