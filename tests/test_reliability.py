@@ -97,6 +97,34 @@ def test_an_interruption_ends_every_run_killed_and_exits_130(tracking_store, mom
     assert qat.data.tags["outcome"] == "killed" and "KeyboardInterrupt" in qat.data.tags["failure"]
 
 
+def test_an_interruption_that_breaks_a_library_context_still_ends_the_run_killed(tracking_store):
+    """The signal's KeyboardInterrupt can land inside TensorFlow's ``tf_stack`` context manager, after it
+    pushed itself and before it returned: the outer manager's exit then fails with ``AssertionError:
+    Concurrent access?`` chained to the interruption. Reproduced here with TensorFlow's own classes."""
+    from tensorflow.python.util import tf_stack
+
+    from pipeline.app.tracking import stage_run
+    from pipeline.interruption import caused_by_interruption
+
+    class Mapper(tf_stack.StackTraceMapper):  # as autograph's: maps no source
+        def get_effective_source_map(self):
+            return {}
+
+    class InterruptedWhileEntering(Mapper):
+        def update(self):  # runs after the push, before __enter__ returns: where the signal landed
+            raise KeyboardInterrupt("signal 15")
+
+    with pytest.raises(AssertionError, match="Concurrent access") as raised:
+        with stage_run("qat", "interrupted", "an interruption inside a library's context manager"):
+            with Mapper():
+                with InterruptedWhileEntering():
+                    pass
+    assert caused_by_interruption(raised.value) and not caused_by_interruption(AssertionError("Concurrent access?"))
+    (run,) = all_runs(tracking_store)
+    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed"
+    assert run.data.tags["failure"] == "KeyboardInterrupt: signal 15"
+
+
 def test_unreachable_tracking_server_fails_before_training(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     started = time.time()

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from pipeline.app.compare import ModelRow
 from pipeline.config import ConfigError
+from pipeline.interruption import caused_by_interruption, interruption_of
 from pipeline.learning.data import PreparedData
 
 DEFAULT_EXPERIMENT = "hardware-aware-larq"
@@ -96,7 +97,7 @@ def stage_run(stage: str, run_name: str, description: str, tags: Mapping[str, st
         yield run.info.run_id
     except BaseException as error:
         status = run_status_for(error)
-        tag_failure(run.info.run_id, status, error)
+        tag_failure(run.info.run_id, status, interruption_of(error) or error)
         with contextlib.suppress(Exception):  # end_run pops the run first: the stack stays right even if this fails
             mlflow.end_run(status=status)
         raise
@@ -121,7 +122,7 @@ def tag_failure(run_id: str, status: str, error: BaseException, attempts: int = 
 
 def run_status_for(error: BaseException) -> str:
     """KILLED for interruptions (Ctrl-C, SIGTERM) and pruned sweep trials, FAILED for errors."""
-    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+    if isinstance(error, SystemExit) or caused_by_interruption(error):
         return "KILLED"
     return getattr(error, "mlflow_status", "FAILED")
 

@@ -20,6 +20,7 @@ from pipeline.cli.arguments import (add_data_arguments, add_logged_model_argumen
                                     add_perturbation_arguments, add_robustness_arguments, add_sweep_arguments,
                                     add_train_arguments)
 from pipeline.config import SWEEP_TARGET_CHIPS
+from pipeline.interruption import caused_by_interruption, raise_on_sigterm
 from pipeline.native_logs import make_verbose
 from pipeline.validation import ConfigError, require_bool
 
@@ -101,11 +102,6 @@ def reject_unknown(args: argparse.Namespace, unknown: Sequence[str]) -> None:
         raise ConfigError(name, f"unknown parameter of `{args.command}`; known: {known}")
 
 
-def raise_on_sigterm(signum, frame):  # noqa: ARG001
-    """SIGTERM unwinds like Ctrl-C: open runs end KILLED and a running Optuna trial is marked failed."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, raise_on_sigterm)
@@ -119,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except BaseException as error:
+        if not caused_by_interruption(error):
+            raise
         print("interrupted: open runs were ended as KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
