@@ -5,6 +5,7 @@
 #                  make test TEST_MARKERS="not browser" runs it without the browser tests (and without Chromium)
 #   make ui     -> serves the MLflow UI on the local store and prints the link to our runs
 #   make screenshots -> the documentation's UI screenshots, from the newest `main` of the local store
+#   make tutorial -> runs every tutorial notebook with its full settings and writes tutorial/RESULTADOS.md
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -15,7 +16,7 @@ TEST_MARKERS ?=
 WITHOUT := $(if $(findstring not browser,$(TEST_MARKERS)),--without browser) $(if $(findstring not postgres,$(TEST_MARKERS)),--without postgres)
 PYTEST := python -m pytest -n auto --dist worksteal --durations=15
 
-.PHONY: install main test test-fast ui screenshots
+.PHONY: install main test test-fast ui screenshots tutorial
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +43,6 @@ ui: install
 
 screenshots: install
 	$(RUN_IN_VENV) python tests/screenshots.py sqlite:///mlflow.db $(EXPERIMENT) docs
+
+tutorial: install
+	$(RUN_IN_VENV) python tutorial/resultados.py

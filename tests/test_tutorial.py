@@ -16,8 +16,34 @@ TUTORIAL = Path(__file__).resolve().parent.parent / "tutorial"
 NOTEBOOKS = sorted(TUTORIAL.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_there_are_seven_mornings():
-    assert [path.name[:2] for path in NOTEBOOKS] == [f"{day:02d}" for day in range(1, 8)]
+#: what each morning writes by hand, with Larq and Keras, before the project does it
+BY_HAND = {"01": ["mnist_data()", "/ 127.5 - 1.0"],
+           "02": ["tf.keras.layers.Dense(", "tf.keras.layers.BatchNormalization(", ".compile(", ".fit(", ".evaluate("],
+           "03": ["lq.layers.QuantDense(", 'kernel_quantizer="ste_sign"', "lq.quantizers.DoReFa(", "lq.models.summary("],
+           "04": ["lce.convert_keras_model(", "lce.testing.Interpreter("]}
+
+
+def test_there_are_eight_mornings():
+    assert [path.name[:2] for path in NOTEBOOKS] == [f"{day:02d}" for day in range(1, 9)]
+
+
+def tagged(notebook, tag):
+    return [cell.source for cell in notebook.cells if cell.cell_type == "code" and tag in cell.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("day", sorted(BY_HAND))
+def test_a_morning_writes_the_step_by_hand_then_checks_the_project_agrees(day):
+    """The step in plain Larq / Keras code ("a-mano" cells), then an agreement cell that asserts what it
+    claims (run by test_notebook_runs, so a disagreement fails it)."""
+    (path,) = [path for path in NOTEBOOKS if path.name.startswith(day)]
+    notebook = nbformat.read(path, as_version=4)
+    by_hand, agreement = "\n".join(tagged(notebook, "a-mano")), tagged(notebook, "concordancia")
+    missing = [snippet for snippet in BY_HAND[day] if snippet not in by_hand]
+    assert not missing, f"{path.name}: no by-hand cell writes {missing}"
+    assert agreement and all("assert " in source for source in agreement), f"{path.name}: an agreement cell asserts nothing"
+    first_hand = min(i for i, cell in enumerate(notebook.cells) if "a-mano" in cell.metadata.get("tags", []))
+    first_check = min(i for i, cell in enumerate(notebook.cells) if "concordancia" in cell.metadata.get("tags", []))
+    assert first_hand < first_check, f"{path.name}: the agreement is checked before the step is written by hand"
 
 
 def test_notebooks_are_committed_without_outputs():
