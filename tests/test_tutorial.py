@@ -20,7 +20,10 @@ NOTEBOOKS = sorted(TUTORIAL.glob("[0-9][0-9]_*.ipynb"))
 BY_HAND = {"01": ["mnist_data()", "/ 127.5 - 1.0"],
            "02": ["tf.keras.layers.Dense(", "tf.keras.layers.BatchNormalization(", ".compile(", ".fit(", ".evaluate("],
            "03": ["lq.layers.QuantDense(", 'kernel_quantizer="ste_sign"', "lq.quantizers.DoReFa(", "lq.models.summary("],
-           "04": ["lce.convert_keras_model(", "lce.testing.Interpreter("]}
+           "04": ["lce.convert_keras_model(", "lce.testing.Interpreter("],
+           **{day: ["(tf.keras.layers.Layer):", "def call(", ".fit("] for day in ("05", "06", "07")},  # each effect, a layer of one's own
+           "08": ["optuna.create_study(", ".optimize("]}
+AGREEMENT = {"01", "02", "03", "04", "05", "06", "07"}  #: the sweep (08) searches; there is no single number to agree on
 
 
 def test_there_are_eight_mornings():
@@ -40,6 +43,8 @@ def test_a_morning_writes_the_step_by_hand_then_checks_the_project_agrees(day):
     by_hand, agreement = "\n".join(tagged(notebook, "a-mano")), tagged(notebook, "concordancia")
     missing = [snippet for snippet in BY_HAND[day] if snippet not in by_hand]
     assert not missing, f"{path.name}: no by-hand cell writes {missing}"
+    if day not in AGREEMENT:
+        return
     assert agreement and all("assert " in source for source in agreement), f"{path.name}: an agreement cell asserts nothing"
     first_hand = min(i for i, cell in enumerate(notebook.cells) if "a-mano" in cell.metadata.get("tags", []))
     first_check = min(i for i, cell in enumerate(notebook.cells) if "concordancia" in cell.metadata.get("tags", []))
