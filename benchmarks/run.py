@@ -41,12 +41,12 @@ from pipeline.evaluation.robustness import (
 )
 from pipeline.learning.training import compile_model, seed_everything
 
-from benchmarks import tiles
+from benchmarks import lifetime, tiles
 from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, gaussians_at_outputs, hardware_aware_model,
                                interleaved_seconds, train_step_runner, training_draws)
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
-           "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS}
+           "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS, **lifetime.TARGETS}
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
 QUICK_GRIDS = {effect.name: effect.curve.grid[:: len(effect.curve.grid) - 1] for effect in EFFECTS}  #: a smoke run: each curve's ends
 ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.parameters()[effect.curve.parameter]) for effect in EFFECTS}
@@ -390,6 +390,8 @@ def markdown(results: dict) -> str:
                      f"{row['ms_per_1k_images_per_chip_evaluation']:.2f} |")
     if "tiles" in results:
         lines += tiles.markdown(results["tiles"])
+    if "lifetime" in results:
+        lines += lifetime.markdown(results["lifetime"])
     s = results["sweep"]
     m = s["median_s"]
     lines += ["", f"Sweep: {s['trials']} trials ({s['complete_trials']} complete), {s['wall_s']:.0f} s wall. Median seconds per complete trial:", "",
@@ -475,7 +477,7 @@ def main(argv=None) -> int:
     results = {"quick": args.quick, "machine": machine(), "targets": TARGETS}
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     sections = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
-                "robustness_scaling", "tiles")
+                "robustness_scaling", "tiles", "lifetime")
     if unknown := [name for name in only if name not in sections]:
         parser.error(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
     if only:
@@ -493,7 +495,8 @@ def main(argv=None) -> int:
                        ("sweep", lambda: sweep_costs(args.quick, output)),  # before the CNN side by side's memory peak
                        ("chips_side_by_side", lambda: side_by_side_evaluations(data, fashion, args.quick)),
                        ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick)),
-                       ("tiles", lambda: tiles.tiles_costs(data, args.quick))):
+                       ("tiles", lambda: tiles.tiles_costs(data, args.quick)),
+                       ("lifetime", lambda: lifetime.lifetime_costs(data, args.quick))):
         if only and name not in only:
             continue
         print(f"[benchmark] {name} ...", flush=True)

@@ -172,6 +172,7 @@ def as_text(value: Any) -> str:
 # --------------------------------------------------------------------------- robustness evaluation
 
 SWEEP_TARGET_CHIPS = 200  #: target chips of a sweep trial / a layer's sensitivity: enough to rank them (yield +-7 points at worst)
+DRIFT_TIMES = (1.0, 60.0, 3600.0, 86_400.0, 2_592_000.0, 31_536_000.0, 315_360_000.0)  #: 1 s, 1 min, 1 h, 1 day, 30 days, 1 year, 10 years
 CHIP_SEED_STRIDE = 10_007  #: chip ids of seed s start at s x this: more chips than this would reach the next seed's
 
 def parse_float_list(parameter: str, value: Any, low: float, high: float | None, low_inclusive: bool = True) -> tuple[float, ...]:
@@ -222,6 +223,13 @@ class RobustnessConfig:
     the chips of a level side by side, in passes of at most 10, when only dense layers are
     perturbed, the first one included (measured faster); one at a time when a convolution is perturbed (it runs once per chip either
     way, with P times the memory) or plain layers come first (they would be repeated per chip)."""
+    drift_times: tuple[float, ...] = DRIFT_TIMES
+    """With a target that drifts (its drift_time_s > 0): the times after programming, seconds, at which
+    the target's chips are read again (yield over time), increasing, each in [0, 1e10]; default 1 s,
+    1 min, 1 h, 1 day, 30 days, 1 year, 10 years."""
+    lifetime_yield: float = 0.9
+    """With a spec and a target that drifts: the yield whose 95 % lower bound the chips must keep,
+    in (0, 1]; the lifetime is the longest time of drift_times up to which they do."""
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -239,3 +247,7 @@ class RobustnessConfig:
         set_("seed", require_int("seed", self.seed, minimum=0))
         set_("batch_size", require_int("batch_size", self.batch_size, minimum=1))
         set_("chips_per_pass", require_int("chips_per_pass", self.chips_per_pass, minimum=0))
+        set_("drift_times", parse_float_list("drift_times", self.drift_times, 0.0, 1e10))
+        if any(later <= earlier for earlier, later in zip(self.drift_times, self.drift_times[1:])):
+            raise ConfigError("drift_times", f"must increase (seconds after programming); got {as_text(self.drift_times)}")
+        set_("lifetime_yield", require_float("lifetime_yield", self.lifetime_yield, 0.0, 1.0, low_inclusive=False))

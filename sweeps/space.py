@@ -13,6 +13,7 @@ changes that default::
       # clip_min: {low: -256, high: -32}            # absolute saturation instead of clip_fraction:
       # clip_max: {low: 31, high: 255}              # ... both bounds, and `clip_fraction: null`
       weight_ber: null                              # not searched: the parameter keeps its default
+      # drift_time_s: {low: 3600, high: 3.2e7, log: true}  # searched by default when the target drifts
       noise_mode: relative                          # a fixed value (or {fixed: relative})
       perturb_layers: hidden
 
@@ -102,6 +103,7 @@ def load_space(path: str | Path, parameter: str = "space") -> SearchSpace:
         raise ConfigError(parameter, f"{path}: unknown top-level key(s) {', '.join(unknown)}; allowed: params, target")
     ranges, fixed = parse_params(spec.get("params") or {}, f"{parameter}: params")
     target, accuracy_spec = parse_target(spec.get("target"), path, parameter)
+    ranges, fixed = with_target_drift(ranges, fixed, target, set(spec.get("params") or {}))
     check_corners(ranges, fixed, f"{parameter}: params")
     return SearchSpace(ranges, fixed, target, accuracy_spec, source=str(path), raw=spec)
 
@@ -128,6 +130,22 @@ def parse_params(params: Any, where: str) -> tuple[dict[str, Range], dict[str, A
         if kind(name) == "fixed":
             raise ConfigError(entry, "can only be fixed (a value), not searched")
         ranges[name] = parse_range(entry, spec, integer=kind(name) == "int")
+    return ranges, fixed
+
+
+def with_target_drift(ranges: dict[str, Range], fixed: dict[str, Any], target: PerturbationConfig,
+                      given: set[str]) -> tuple[dict[str, Range], dict[str, Any]]:
+    """A target that drifts adds the training time of drift to the space (log, from 1 h or the
+    target's time if sooner, to 10 x the target's time), with the target's devices (exponents, t0,
+    compensation) fixed; parameters the file names itself are left as it says."""
+    if target.drift_time_s <= 0:
+        return ranges, fixed
+    ranges, fixed = dict(ranges), dict(fixed)
+    if "drift_time_s" not in given:
+        ranges["drift_time_s"] = Range(min(3600.0, target.drift_time_s), min(10 * target.drift_time_s, 1e10), log=True)
+    for name in ("drift_nu_mean", "drift_nu_std", "drift_t0_s", "drift_compensation"):
+        if name not in given:
+            fixed[name] = target.parameters()[name]
     return ranges, fixed
 
 

@@ -47,6 +47,10 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert [row["target"] for row in tiles["targets"]] == ["target_hardware.yaml + 256-row tiles", "target_hardware_tiles.yaml"]
     assert all(row["chips"] == 20 and row["tiles_s"] > 0 and row["without_s"] > 0 for row in tiles["targets"])
     assert "Crossbar tiles of 256 rows" in report
+    over_time = results["lifetime"]  # the yield over time: 14 reads of the same chips, within 14 x one read
+    assert over_time["reads"] == 2 * over_time["times"] == 14 and over_time["chips"] == 100
+    assert 0 < over_time["grid_s"] and over_time["draws_per_read_s"] > 0 and over_time["traces"] == 1
+    assert set(over_time["lifetimes"]) == {"none", "global"} and "Yield over time" in report
     # --only measures the sections named and keeps the others; a quick run is not mixed with a full one
     again = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "pruning_signal", "--output", str(tmp_path)],
                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)

@@ -53,6 +53,14 @@ from pipeline.perturbation import PerturbationConfig
         (["qat", "--accuracy_spec", "ninety"], "accuracy_spec"),
         (["qat", "--yield_tolerance", "0.01"], "yield_tolerance"),  # gone: an unknown parameter
         (["sweep", "--objective", "yield", "--accuracy_spec", "none"], "accuracy_spec"),  # a yield needs a spec  # gone: an unknown parameter
+        (["perturb", "--drift_time_s=-1"], "drift_time_s"),
+        (["perturb", "--drift_time_s", "3600", "--drift_nu_std", "-0.1"], "drift_nu_std"),
+        (["perturb", "--drift_compensation", "per_column"], "drift_compensation"),
+        (["qat", "--drift_times", ","], "drift_times"),  # empty
+        (["qat", "--drift_times", "3600,60"], "drift_times"),  # not increasing
+        (["qat", "--drift_times=-1,60"], "drift_times"),
+        (["qat", "--lifetime_yield", "0"], "lifetime_yield"),
+        (["qat", "--lifetime_yield", "1.5"], "lifetime_yield"),
         (["qat", "--noise_grid", "0,-1"], "noise_grid"),
         (["qat", "--clip_grid", "1,0"], "clip_grid"),
         (["baseline", "--target", "missing.yaml"], "target"),

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from pipeline.effects import EFFECTS
+from pipeline.evaluation.lifetime import COMPENSATIONS, readable_time
 from pipeline.evaluation.statistics import estimate_text, missing
 
 ROBUSTNESS_COLUMNS = (*(f"robust_auc_{effect.name}" for effect in EFFECTS), "robust_acc_target", "robust_yield_target")
@@ -33,8 +34,10 @@ COLUMNS = {
     "robust_acc_target": "target accuracy [95% CI]",
     "robust_yield_target": "target yield [95% CI]",
     "accuracy_spec": "spec",
+    **{f"robust_lifetime_s_{mode}": f"lifetime ({mode} compensation)" for mode in COMPENSATIONS},
     "run_id": "run id",
 }
+OPTIONAL = tuple(f"robust_lifetime_s_{mode}" for mode in COMPENSATIONS)  #: shown only when a model has them (a target that drifts)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def format_value(key: str, value: object) -> str:
         return f"{float(value):.3f}"
     if key == "deployed_images_per_s":
         return f"{float(value):,.0f}"
+    if key in OPTIONAL:
+        return readable_time(float(value))
     if key == "compression_ratio":
         return f"{float(value):.1f}x"
     if key == "training_seconds":
@@ -94,7 +99,7 @@ def format_value(key: str, value: object) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    columns = [key for key in table.columns if key in COLUMNS]
+    columns = [key for key in table.columns if key in COLUMNS and not (key in OPTIONAL and table[key].map(missing).all())]
     headers = [COLUMNS[key] for key in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for record in table.to_dict(orient="records"):

@@ -187,6 +187,42 @@ def robustness_figure(curves_by_model: Mapping[str, pd.DataFrame], title: str) -
     return figure
 
 
+def lifetime_figure(curves: pd.DataFrame, lifetimes: Mapping[str, float], accuracy_spec: float | None, lifetime_yield: float,
+                    title: str) -> Figure:
+    """The target's chips over time (:mod:`pipeline.evaluation.lifetime`): mean accuracy (left) and yield
+    at the spec (right) against the time since programming, log axis, 95 % bands, one line per
+    compensation; the spec, the lifetime's yield and each lifetime marked."""
+    from pipeline.evaluation.lifetime import readable_time
+
+    with_yield = "yield" in curves and accuracy_spec is not None
+    figure = Figure(figsize=(11 if with_yield else 6, 4.2))
+    panels = figure.subplots(1, 2 if with_yield else 1, squeeze=False)[0]
+    for color, (mode, curve) in zip(("C3", "C0"), curves.groupby("compensation", sort=False)):
+        curve = curve.sort_values("time_s")
+        times = curve["time_s"].to_numpy()
+        for axes, key in zip(panels, ("acc", "yield")):
+            mean = curve["acc_mean" if key == "acc" else "yield"]
+            axes.plot(times, 100 * mean, "-o", color=color, markersize=3, label=f"compensation: {mode}")
+            axes.fill_between(times, 100 * curve[f"{key}_low"], 100 * curve[f"{key}_high"], color=color, alpha=0.2)
+            if key == "yield" and mode in lifetimes:
+                axes.axvline(max(lifetimes[mode], times[0]), color=color, linestyle="--", linewidth=1,
+                             label=f"lifetime ({mode}): {readable_time(lifetimes[mode])}")
+    panels[0].set(ylabel="mean test accuracy over chips (%)")
+    if accuracy_spec is not None:
+        panels[0].axhline(100 * accuracy_spec, color="black", linewidth=1, label=f"spec {100 * accuracy_spec:.1f}%")
+    if with_yield:
+        panels[1].axhline(100 * lifetime_yield, color="black", linewidth=1, label=f"lifetime yield {100 * lifetime_yield:g}%")
+        panels[1].set(ylabel="yield at the spec (%)  [band: 95% Wilson]", ylim=(-2, 102))
+    for axes in panels:
+        axes.set_xscale("log")
+        axes.set(xlabel="time since programming (s)")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
 def sensitivity_figure(table: pd.DataFrame, title: str) -> Figure:
     """Heatmap: accuracy drop (points) with one layer perturbed at a time, layers x (effects, target)."""
     layers = list(dict.fromkeys(table["layer"]))

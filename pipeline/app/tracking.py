@@ -423,3 +423,20 @@ def log_robustness(result, title: str) -> None:
     log_figure(plots.robustness_figure({title: result.curves}, f"{title}: robustness"), "robustness/curves.png")
     log_figure(plots.target_distribution_figure(target["accuracy"].to_numpy(), result.summaries,
                                                 f"{title}: accuracy of each chip at the target"), "robustness/target_histogram.png")
+    if result.lifetime is not None:
+        log_lifetime(result.lifetime, result.summaries, title)
+
+
+def log_lifetime(lifetime, summaries: dict, title: str) -> None:
+    """The target's chips over time: step metrics ``lifetime/<compensation>/<statistic>`` (step = time
+    index; ``lifetime/<compensation>/time_s`` holds the time), the tables as CSV and the figure."""
+    from pipeline.app import plots
+
+    statistics = ("time_s", "acc_mean", "acc_low", "acc_high", "yield", "yield_low", "yield_high")
+    log_step_metrics([({f"lifetime/{row['compensation']}/{key}": row[key] for key in statistics if key in row}, int(row["time_index"]))
+                      for row in lifetime.curves.to_dict(orient="records")])
+    mlflow.log_text(lifetime.per_chip.to_csv(index=False), "lifetime/chips.csv")
+    log_table(lifetime.curves, "lifetime/curves")
+    log_figure(plots.lifetime_figure(lifetime.curves, lifetime.lifetimes, summaries.get("accuracy_spec"), lifetime.lifetime_yield,
+                                     f"{title}: the target's chips over time"),
+               "lifetime/curves.png")

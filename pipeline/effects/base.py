@@ -160,6 +160,11 @@ class KernelEffect(Effect):
         """The weights as read: ``kernel`` (after the layer's quantizer) changed by ``draws``; ``precision``
         is what a stored weight holds (a :class:`pipeline.hwmodel.quantizers.Precision`, handed in by the layer)."""
 
+    def compensated(self, levels) -> bool:
+        """Whether the periphery undoes this effect's mean scale (from Python levels): the layer's output
+        is multiplied by ``sum |W without it| / sum |W with it|`` per chip (e.g. global drift compensation)."""
+        return False
+
     def output_variance(self, inputs, kernel, levels, inputs_are_signs: bool, kernel_is_signs: bool, accumulate: Callable):
         """Training, dense layers: the variance of the effect's zero-mean Gaussian output term if
         drawing it at the outputs is exact (local reparameterization), else None. ``accumulate(x, W)``

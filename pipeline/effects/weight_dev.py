@@ -34,8 +34,10 @@ class WeightDevParams(EffectParams):
 
 
 class WeightDev(KernelEffect):
-    # after bit errors (order 0): a cell read in the wrong state still has its device's deviation
-    name, params, order, sampling, stream = "weight_dev", WeightDevParams, 1, Sampling.PER_CHIP, 0
+    # after bit errors (order 0): a cell read in the wrong state still has its device's deviation; last
+    # of the kernel effects (after drift, order 1, which multiplies the stored value too), so training
+    # can draw it at the outputs
+    name, params, order, sampling, stream = "weight_dev", WeightDevParams, 2, Sampling.PER_CHIP, 0
     formula = "W ← W_q·(1 + ε), ε = (weight_dev_pct/100)·z, z ~ N(0, 1) per weight"
     curve = Curve("weight_dev_pct", (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0), "weight deviation (%)")
     search = {"weight_dev_pct": SearchRange(0.0, 60.0)}

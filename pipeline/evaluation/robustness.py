@@ -40,7 +40,9 @@ from pipeline.config import CHIP_SEED_STRIDE, RobustnessConfig
 from pipeline.learning.data import PreparedData
 from pipeline.effects import EFFECTS, Sampling
 from pipeline.perturbation import PerturbationConfig, curve_point
-from pipeline.evaluation.statistics import estimate_text, mean_interval, yield_estimate
+from pipeline.evaluation.lifetime import Lifetime, over_time
+from pipeline.evaluation.lifetime import describe as describe_lifetime
+from pipeline.evaluation.statistics import estimate_text, summarize
 from pipeline.hwmodel.chips import (
     Calibration,
     attach_hardware,
@@ -66,6 +68,7 @@ class RobustnessResult:
     summaries: dict[str, float]
     traces: int  #: how often an evaluation function was traced at most (1 = no retracing across the grid)
     seconds: float
+    lifetime: Lifetime | None = None  #: the target's chips over time (a target that drifts), else None
 
     def describe_target(self) -> str:
         """``target accuracy 86.30% [85.91, 86.69] over 1000 chips, yield at spec 88.00%: 12.3% [10.4, 14.5]``."""
@@ -155,8 +158,11 @@ class CompiledAccuracy:
 
 
 def evaluate_robustness(
-    model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, progress: Callable[[str], None] | None = print
+    model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, progress: Callable[[str], None] | None = print,
+    over_time: bool = True,
 ) -> RobustnessResult:
+    """Every effect's curve and the target condition (the module docstring); with ``over_time`` and a
+    target that drifts, also the target's chips over time (:mod:`pipeline.evaluation.lifetime`)."""
     started = time.perf_counter()
     targets = model_targets(model, config.target.perturb_layers)
     images, labels = data.images("test"), data.labels("test")
@@ -182,7 +188,24 @@ def evaluate_robustness(
         traces = max(traces, accuracy.traces)
     per_chip = pd.DataFrame(rows)
     curves = summarize(per_chip, config.accuracy_spec)
-    return RobustnessResult(per_chip, curves, clean, summaries(curves, config.accuracy_spec), traces, time.perf_counter() - started)
+    found = summaries(curves, config.accuracy_spec)
+    lifetime = target_over_time(chip_model, accuracy, config, images, labels, progress) if over_time else None
+    if lifetime is not None:
+        found.update(lifetime.summaries(config.target.drift_compensation.value))
+    return RobustnessResult(per_chip, curves, clean, found, max(traces, accuracy.traces), time.perf_counter() - started, lifetime)
+
+
+def target_over_time(chip_model: tf.keras.Model, accuracy: CompiledAccuracy, config: RobustnessConfig, images: np.ndarray,
+                     labels: np.ndarray, progress: Callable[[str], None] | None) -> Lifetime | None:
+    """The target's chips at every time of ``config.drift_times`` (None when the target does not drift)."""
+    if config.target.drift_time_s <= 0:
+        return None
+    with hardware_evaluation(chip_model, PerturbationConfig(tile_rows=config.target.tile_rows), chip=config.seed * CHIP_SEED_STRIDE):
+        result = over_time(chip_model, accuracy, config.target, config.drift_times, config.target_chips,
+                           config.seed * CHIP_SEED_STRIDE, images, labels, config.accuracy_spec, config.lifetime_yield, progress)
+    if progress:
+        progress(f"[lifetime] {describe_lifetime(result, config.lifetime_yield)}, {result.seconds:.1f} s")
+    return result
 
 
 def condition_accuracies(chip_model: tf.keras.Model, accuracy: CompiledAccuracy, levels: PerturbationConfig, chips: int,
@@ -200,22 +223,6 @@ def condition_accuracies(chip_model: tf.keras.Model, accuracy: CompiledAccuracy,
             reported = 4 * len(found) // chips
             progress(f"[robustness] target: {len(found)}/{chips} chips, {time.perf_counter() - started:.0f} s")
     return found
-
-
-def summarize(per_chip: pd.DataFrame, accuracy_spec: float | None) -> pd.DataFrame:
-    """Per condition: accuracy statistics over chips, the mean's 95 % interval, and (with a spec)
-    the yield with its 95 % Wilson interval (``pipeline.evaluation.statistics``; exact where nothing is random)."""
-    records = []
-    for (effect, index, level), group in per_chip.groupby(["effect", "level_index", "level"], sort=False):
-        values, exact = group["accuracy"].to_numpy(), not bool(group["random"].iloc[0])
-        low, high = mean_interval(values, exact)
-        record = {"effect": effect, "level_index": index, "level": level, "acc_mean": float(values.mean()),
-                  "acc_low": low, "acc_high": high, "acc_std": float(np.std(values)), "acc_min": float(values.min()),
-                  "acc_max": float(values.max()), "acc_p5": float(np.percentile(values, 5)), "chips": len(values)}
-        if accuracy_spec is not None:
-            record["yield"], record["yield_low"], record["yield_high"] = yield_estimate(values, accuracy_spec, exact)
-        records.append(record)
-    return pd.DataFrame(records)
 
 
 def summaries(curves: pd.DataFrame, accuracy_spec: float | None) -> dict[str, float]:

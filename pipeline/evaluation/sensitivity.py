@@ -61,7 +61,7 @@ def layer_sensitivity(model, data: PreparedData, config: RobustnessConfig, layer
     rows, clean = [], None
     for index, layer in enumerate(layers, start=1):
         alone = dataclasses.replace(config, target=config.target.replace(perturb_layers=layer))
-        result = evaluate_robustness(model, data, alone, progress=None)
+        result = evaluate_robustness(model, data, alone, progress=None, over_time=False)
         clean = result.clean_accuracy
         for effect in EFFECT_NAMES:
             accuracy = result.summaries[f"robust_auc_{effect}"]

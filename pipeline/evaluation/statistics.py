@@ -80,3 +80,26 @@ def estimate_text(record: Mapping[str, object], key: str, digits: int = 2) -> st
 
 def missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+CONDITION = ("effect", "level_index", "level")  #: what identifies a condition of the robustness curves
+
+
+def summarize(per_chip, accuracy_spec: float | None, by: Sequence[str] = CONDITION):
+    """Per condition (the columns ``by`` of ``per_chip``, one row per chip with its ``accuracy`` and
+    whether the condition is ``random``): accuracy statistics over chips, the mean's 95 % interval,
+    and (with a spec) the yield with its 95 % Wilson interval (exact where nothing is random)."""
+    import pandas as pd
+
+    records = []
+    for keys, group in per_chip.groupby(list(by), sort=False):
+        values = group["accuracy"].to_numpy()
+        exact = "random" in group and not bool(group["random"].iloc[0])
+        low, high = mean_interval(values, exact)
+        record = {**dict(zip(by, keys)), "acc_mean": float(values.mean()), "acc_low": low, "acc_high": high,
+                  "acc_std": float(np.std(values)), "acc_min": float(values.min()), "acc_max": float(values.max()),
+                  "acc_p5": float(np.percentile(values, 5)), "chips": len(values)}
+        if accuracy_spec is not None:
+            record["yield"], record["yield_low"], record["yield_high"] = yield_estimate(values, accuracy_spec, exact)
+        records.append(record)
+    return pd.DataFrame(records)

@@ -113,11 +113,11 @@ class HardwareAwareMixin:
         normal = lambda like, effect: self._normal(like, [state.seed(base, effect, calls) for base in seeds])  # noqa: E731
         quantized = self.input_quantizer(inputs) if self.input_quantizer else inputs
         if training:  # pending: zero-mean Gaussian output terms not drawn yet, (summed variance, whose stream)
-            outputs, pending = self._training_accumulate(quantized, levels, calls)
+            outputs, pending, scale = self._training_accumulate(quantized, levels, calls)
         else:  # the programmed chips when a kernel effect is on, else the plain kernel
             outputs = tf.cond(state.programmed, lambda: self._chips_accumulate(quantized),
                               lambda: self._accumulate(quantized, self.quantized_kernel()))
-            pending = None
+            pending, scale = None, state
         context = self._context(outputs, training, levels, normal)
         for effect in OUTPUT_EFFECTS:
             on = effect.is_on(levels[effect.name])
@@ -127,7 +127,7 @@ class HardwareAwareMixin:
                 continue
             outputs, pending = self._draw(outputs, pending, normal), None
             outputs = when(on, lambda values, e=effect: e.apply_output(values, levels[e.name], context), outputs)
-        return self._finish(self._draw(outputs, pending, normal))
+        return self._finish(self._draw(outputs, pending, normal), scale)
 
     def _context(self, clean, training: bool, levels, normal) -> OutputContext:
         """What the output effects read about the clean partial sums ``clean``."""
@@ -135,11 +135,22 @@ class HardwareAwareMixin:
                                 lambda: converter_range(levels, context), saturated_statically(levels))
         return context
 
-    def _finish(self, partials):
-        """The digital sum of the partials, then the layer's bias and activation."""
+    def _finish(self, partials, scale=None):
+        """The digital sum of the partials, the compensation's digital scale (``scale``: a training step's
+        number, the run-time state's chips at evaluation, or None), then the layer's bias and activation."""
         outputs = self.tiling.combine(partials) if self.tiling.count > 1 else partials
+        if isinstance(scale, HardwareState):
+            outputs = when(scale.compensating, lambda values: self._scaled(values, scale.output_scales), outputs)
+        elif scale is not None:
+            outputs = outputs * scale
         outputs = tf.nn.bias_add(outputs, self.bias) if self.use_bias else outputs
         return self.activation(outputs) if self.activation is not None else outputs
+
+    @staticmethod
+    def _scaled(outputs, scales):
+        """Part k of the batch times ``scales[k]`` (one number per chip of the pass)."""
+        parts = tf.reshape(outputs, tf.stack([tf.shape(scales)[0], -1]))
+        return tf.reshape(parts * scales[:, None], tf.shape(outputs))
 
     @staticmethod
     def _draw(outputs, pending, normal):
@@ -148,20 +159,22 @@ class HardwareAwareMixin:
 
     def _training_accumulate(self, quantized, levels, calls):
         """Fresh draws of the active kernel effects, then accumulate; the last one stays pending at the
-        outputs where exact (a dense layer on flat inputs, not read bit-serially)."""
+        outputs where exact (a dense layer on flat inputs, not read bit-serially). Returns the partial
+        sums, the pending term and the compensation's scale (of the kernel read: without the pending term)."""
         active = [effect for effect in KERNEL_EFFECTS if effect.is_on(levels[effect.name])]
         effect_levels = [levels[effect.name] for effect in active]
-        if not active or not self.is_dense_on_flat(quantized) or self.tiling.passes > 1:
-            return self._accumulate(quantized, self._read_kernel(active, self._training_draws(active, levels, calls), effect_levels)), None
-        *before, last = active
-        kernel = self._read_kernel(before, self._training_draws(before, levels, calls), effect_levels[:-1])
-        signs = kernel_precision(self).sign and all(effect.keeps_signs for effect in before)
-        accumulate = self.tiling.dense if self.tiling.count > 1 else None
-        variance = last.output_variance(quantized, kernel, levels[last.name], input_precision(self).sign, signs, accumulate)
-        if variance is not None:
-            return self._accumulate(quantized, kernel), (variance, last)
-        kernel = self._read_kernel([last], self._training_draws([last], levels, calls), effect_levels[-1:], kernel)
-        return self._accumulate(quantized, kernel), None
+        draws = self._training_draws(active[:-1], levels, calls)
+        kernel = self._read_kernel(active[:-1], draws, effect_levels[:-1])
+        if active and self.is_dense_on_flat(quantized) and self.tiling.passes == 1:
+            signs = kernel_precision(self).sign and all(effect.keeps_signs for effect in active[:-1])
+            accumulate = self.tiling.dense if self.tiling.count > 1 else None
+            variance = active[-1].output_variance(quantized, kernel, effect_levels[-1], input_precision(self).sign, signs, accumulate)
+            if variance is not None:
+                scale = self._compensation(active[:-1], draws, effect_levels[:-1], kernel)
+                return self._accumulate(quantized, kernel), (variance, active[-1]), scale
+        draws += self._training_draws(active[-1:], levels, calls)
+        kernel = self._read_kernel(active[-1:], draws[-1:], effect_levels[-1:], kernel)
+        return self._accumulate(quantized, kernel), None, self._compensation(active, draws, effect_levels, kernel)
 
     def _training_draws(self, effects, levels, calls) -> list:
         state = self.hardware_state
@@ -174,14 +187,35 @@ class HardwareAwareMixin:
         state = self.hardware_state
         static = {e: state.static_levels(e) for e in KERNEL_EFFECTS} if state.evaluating.numpy() else {}
         active = tuple(e for e, levels in static.items() if e.is_on(levels))
+        compensated = tuple(e.compensated(static[e]) for e in active)
         state.programmed.assign(bool(active))
+        state.compensating.assign(any(compensated))
         if not active:  # batches read the plain kernel
             return
-        if active not in state.programmers:
-            state.programmers[active] = tf.function(lambda draws, levels: tf.broadcast_to(
-                self._read_kernel(active, draws, levels), state.chip_kernels.shape))
+        if (active, compensated) not in state.programmers:
+            def programmer(draws, levels):
+                kernels = tf.broadcast_to(self._read_kernel(active, draws, levels), state.chip_kernels.shape)
+                scales = self._compensation(active, draws, levels, kernels, compensated)
+                return kernels, tf.ones([self.chips_per_pass]) if scales is None else scales
+            state.programmers[active, compensated] = tf.function(programmer)
         levels = tuple({key: tf.constant(value, tf.bool if isinstance(value, bool) else tf.float32) for key, value in static[e].items()} for e in active)
-        state.chip_kernels.assign(state.programmers[active](tuple(state.draws(e) for e in active), levels))
+        kernels, scales = state.programmers[active, compensated](tuple(state.draws(e) for e in active), levels)
+        state.chip_kernels.assign(kernels)
+        state.output_scales.assign(scales)
+
+    def _compensation(self, effects, draws, levels, read, compensated=None):
+        """The periphery's digital scale undoing the compensated effects' mean: ``sum |W_ref| / sum |W|``
+        over each kernel ``read`` (a number; per chip for P stacked kernels), ``W_ref`` the kernel read
+        without them; None when none is compensated (``compensated``: the decisions, else from ``levels``)."""
+        compensated = [e.compensated(lv) for e, lv in zip(effects, levels)] if compensated is None else compensated
+        if not any(compensated):
+            return None
+        kept = [(effect, draw, lv) for effect, draw, lv, undone in zip(effects, draws, levels, compensated) if not undone]
+        reference = tf.broadcast_to(self._read_kernel(*(list(column) for column in zip(*kept))) if kept else self.quantized_kernel(),
+                                    tf.shape(read))
+        axes = list(range(read.shape.rank - len(self.kernel.shape), read.shape.rank))  # the kernel's own axes
+        ratio = tf.reduce_sum(tf.abs(reference), axes) / tf.maximum(tf.reduce_sum(tf.abs(read), axes), 1e-30)
+        return tf.stop_gradient(ratio)
 
     def _read_kernel(self, effects, draws, levels, kernel=None):
         """The kernel as read: ``kernel`` (default ``W_q``) after each of ``effects`` with its draws and

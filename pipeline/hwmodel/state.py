@@ -29,6 +29,7 @@ class HardwareState:
         self.chip_ids, self.train_seed = variable(tf.zeros([chips_per_pass], tf.int64), tf.int64), variable(0, tf.int64)
         self.calls = variable(0, tf.int64)  # forward passes so far: fresh draws per pass, reproducibly
         self.chip_kernels = variable(tf.zeros([chips_per_pass, *kernel_shape]))  # P x kernel, read by every batch
+        self.output_scales, self.compensating = variable(tf.ones([chips_per_pass])), variable(False, tf.bool)  # per chip: drift compensation
         self.chip_draws, self.draws_of, self.programmers = {}, {}, {}  # per effect: draws (P x ...), of which chips
 
     def assign(self, config: PerturbationConfig) -> None:

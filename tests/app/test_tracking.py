@@ -79,3 +79,32 @@ def test_failing_stage_ends_failed(tracking_store):
         stages.training_stage("baseline", ModelConfig(bits=32), TrainConfig(epochs=1), broken_data)
     runs = all_runs(tracking_store)
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_a_target_that_drifts_logs_the_chips_over_time_and_the_comparison_shows_the_lifetimes(tracking_store):
+    from pipeline.app import compare
+    from pipeline.config import RobustnessConfig
+    from pipeline.effects import EFFECTS
+    from pipeline.perturbation import PerturbationConfig
+
+    data = prepare(DataConfig(source="bundled", limit=100, seed=3))
+    target = PerturbationConfig(weight_dev_pct=10, drift_time_s=86_400.0, drift_compensation="global")
+    robustness = RobustnessConfig(grids={effect.name: (effect.curve.grid[0],) for effect in EFFECTS}, chips=1, target_chips=3,
+                                  accuracy_spec=0.3, target=target, drift_times=(1.0, 86_400.0, 31_536_000.0))
+    row = stages.training_stage("qat", ModelConfig(bits=1, hidden_units=(32,)), TrainConfig(epochs=1, batch_size=32),
+                                lambda: stages.prepare_stage(DataConfig(source="bundled", limit=100, seed=3), data=data),
+                                robustness=robustness, convert_tflite=False)
+    run, client = mlflow.get_run(row["run_id"]), mlflow.MlflowClient()
+    for mode in ("none", "global"):
+        history = client.get_metric_history(row["run_id"], f"lifetime/{mode}/yield_low")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
+        assert run.data.metrics[f"robust_lifetime_s_{mode}"] in (0.0, 1.0, 86_400.0, 31_536_000.0)
+    times = sorted(client.get_metric_history(row["run_id"], "lifetime/global/time_s"), key=lambda m: m.step)
+    assert [m.value for m in times] == [1.0, 86_400.0, 31_536_000.0]
+    assert run.data.metrics["robust_lifetime_s"] == run.data.metrics["robust_lifetime_s_global"]
+    artifacts = {a.path for a in client.list_artifacts(row["run_id"], "lifetime")}
+    assert {"lifetime/chips.csv", "lifetime/curves.png"} <= artifacts
+    shown = compare.to_markdown(compare.comparison_table([tracking.run_row(row["run_id"])]))
+    assert "lifetime (none compensation)" in shown and "lifetime (global compensation)" in shown
+    plain = compare.ModelRow("qat", "mlp-1bit", "0" * 32, "models:/m-0", {"test_accuracy": 0.9})
+    assert "lifetime" not in compare.to_markdown(compare.comparison_table([plain]))  # no drift: no lifetime columns

@@ -90,6 +90,22 @@ def test_default_space_suggests_valid_levels_within_its_ranges():
     assert space.target.weight_dev_pct == 20
 
 
+def test_a_target_that_drifts_adds_the_training_time_of_drift_to_the_space(tmp_path):
+    space = write_space(tmp_path, "target: {weight_dev_pct: 20, drift_time_s: 2592000, drift_nu_mean: 0.06, "
+                                  "drift_compensation: global}\nparams: {}\n")
+    found = load_space(space)
+    assert "drift_time_s" in found.ranges and vars(found.ranges["drift_time_s"]) == {
+        "low": 3600.0, "high": 25_920_000.0, "log": True, "integer": False}
+    assert found.fixed["drift_nu_mean"] == 0.06 and found.fixed["drift_compensation"] == "global"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    levels = found.suggest(study.ask())
+    assert 3600 <= levels.drift_time_s <= 25_920_000 and levels.drift_nu_mean == 0.06
+    fixed = load_space(write_space(tmp_path, "target: {drift_time_s: 60}\nparams: {drift_time_s: 0}\n", "fixed.yaml"))
+    assert "drift_time_s" not in fixed.ranges and fixed.fixed["drift_time_s"] == 0  # the file's own choice wins
+    plain = load_space(PROJECT_ROOT / "sweeps" / "space.yaml")  # a target without drift: the space is unchanged
+    assert not any(name.startswith("drift") for name in [*plain.ranges, *plain.fixed])
+
+
 EDGE_SPACE = {"noise_sigma": (0.0, 0.8), "weight_dev_pct": (0.0, 60.0), "clip_fraction": (0.2, 1.0),
               "weight_ber": (1e-4, 0.1, True), "out_bits": (3, 8)}
 
