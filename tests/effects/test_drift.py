@@ -119,6 +119,33 @@ def test_training_draws_fresh_exponents_and_compensates_each_step():
     assert abs(np.abs(read).sum() / np.abs(kernel).sum() - 1) < 1e-5  # the step's own scale
 
 
+def test_a_uniform_compensated_drift_leaves_a_training_step_as_it_was():
+    # nu without spread shrinks every weight alike: the compensation undoes it exactly, so a step of the
+    # target hardware (deviation drawn at the outputs, relative noise and saturation) has the same layer
+    # sums (before BatchNorm) and gradients as without drift, up to rounding; uncompensated, the sums
+    # shrink by the law. What drift-aware training adds is the spread of nu.
+    import tensorflow as tf
+
+    target = PerturbationConfig(weight_dev_pct=20, noise_sigma=0.3, clip_mode="relative", clip_fraction=0.5)
+    uniform = target.replace(drift_time_s=YEAR, drift_nu_std=0.0, drift_compensation="global")
+    steps = {}
+    for name, config in {"plain": target, "global": uniform, "none": uniform.replace(drift_compensation="none")}.items():
+        model = hardware_model(bits=1, hidden=(256, 256), config=config, targets=("dense_1", "dense_2"))
+        probe = tf.keras.Model(model.inputs, [model.get_layer(layer).output for layer in ("dense_1", "dense_2")] + [model.output])
+        with tf.GradientTape() as tape:
+            *sums, outputs = probe(IMAGES, training=True)
+            loss = tf.reduce_mean(tf.square(outputs))
+        steps[name] = [s.numpy() for s in sums], [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+    (plain_sums, plain_grads), (drift_sums, drift_grads) = steps["plain"], steps["global"]
+    for plain, drifted in zip(plain_sums, drift_sums):
+        np.testing.assert_allclose(drifted, plain, rtol=1e-3, atol=1e-3)
+    for plain, drifted in zip(plain_grads, drift_grads):
+        assert np.linalg.norm(drifted - plain) <= 1e-2 * np.linalg.norm(plain) + 1e-9
+    shrink = np.exp(-0.049 * np.log1p(YEAR / T0))
+    for plain, shrunk in zip(plain_sums, steps["none"][0]):
+        assert abs(np.sqrt(np.mean(shrunk ** 2) / np.mean(plain ** 2)) - shrink) < 0.01 * shrink
+
+
 def test_chips_side_by_side_have_the_numbers_of_one_chip_at_a_time():
     from pipeline.hwmodel.chips import attach_hardware
 
