@@ -6,6 +6,8 @@
 #   make ui     -> serves the MLflow UI on the local store and prints the link to our runs
 #   make screenshots -> the documentation's UI screenshots, from the newest `main` of the local store
 #   make tutorial -> runs every tutorial notebook with its full settings and writes tutorial/RESULTADOS.md
+#   make benchmark-peers -> installs the optional extra (torch 2.10.0, IBM aihwkit 1.1.0, aihwkit-lightning 2.1.0:
+#                  gigabytes) and measures the benchmark's side by side with them (docs/performance.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -16,7 +18,7 @@ TEST_MARKERS ?=
 WITHOUT := $(if $(findstring not browser,$(TEST_MARKERS)),--without browser) $(if $(findstring not postgres,$(TEST_MARKERS)),--without postgres)
 PYTEST := python -m pytest -n auto --dist worksteal --durations=15
 
-.PHONY: install main test test-fast ui screenshots tutorial
+.PHONY: install main test test-fast ui screenshots tutorial benchmark-peers
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +48,9 @@ screenshots: install
 
 tutorial: install
 	$(RUN_IN_VENV) python tutorial/resultados.py
+
+# aihwkit-lightning pins torch 2.13.0, aihwkit's compiled part needs 2.10.0: lightning (pure Python) without its deps
+benchmark-peers: install
+	$(BIN)/python -m pip install --quiet -e ".[peers]"
+	$(BIN)/python -m pip install --quiet --no-deps aihwkit-lightning==2.1.0
+	$(RUN_IN_VENV) python -m benchmarks.run --only peers

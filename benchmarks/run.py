@@ -32,8 +32,8 @@ from pipeline.effects import EFFECTS
 from pipeline.perturbation import TARGET_HARDWARE_FILE, PerturbationConfig, curve_point, load_target, typical_hardware
 from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, set_condition
 from pipeline.learning.models import build_model
+from pipeline.evaluation.bench import CompiledAccuracy
 from pipeline.evaluation.robustness import (
-    CompiledAccuracy,
     TargetValidation,
     chips_side_by_side,
     evaluate_robustness,
@@ -41,12 +41,13 @@ from pipeline.evaluation.robustness import (
 )
 from pipeline.learning.training import compile_model, seed_everything
 
-from benchmarks import lifetime, tiles
+from benchmarks import evaluation_cost, lifetime, peers, tiles
 from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, gaussians_at_outputs, hardware_aware_model,
                                interleaved_seconds, train_step_runner, training_draws)
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
-           "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS, **lifetime.TARGETS}
+           "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS, **lifetime.TARGETS,
+           **evaluation_cost.TARGETS}
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
 QUICK_GRIDS = {effect.name: effect.curve.grid[:: len(effect.curve.grid) - 1] for effect in EFFECTS}  #: a smoke run: each curve's ends
 ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.parameters()[effect.curve.parameter]) for effect in EFFECTS}
@@ -392,6 +393,8 @@ def markdown(results: dict) -> str:
         lines += tiles.markdown(results["tiles"])
     if "lifetime" in results:
         lines += lifetime.markdown(results["lifetime"])
+    if "evaluation_cost" in results:
+        lines += evaluation_cost.markdown(results["evaluation_cost"])
     s = results["sweep"]
     m = s["median_s"]
     lines += ["", f"Sweep: {s['trials']} trials ({s['complete_trials']} complete), {s['wall_s']:.0f} s wall. Median seconds per complete trial:", "",
@@ -402,9 +405,12 @@ def markdown(results: dict) -> str:
     if s["memory_growth"] is not None:
         lines.append(f"Resident memory after trial 1: {s['rss_mb_first']:.0f} MB, after the last: {s['rss_mb_last']:.0f} MB "
                      f"(growth {100 * s['memory_growth']:.1f} %, target <= 10 %).")
+    if "peers" in results:
+        lines += peers.markdown(results["peers"])
     return "\n".join(lines) + "\n"
 
 
+OPTIONAL_SECTIONS = ("peers",)  #: measured only when named in --only: their packages are an optional extra
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 PERFORMANCE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 PAGE_INTRO = """# Performance
@@ -433,6 +439,13 @@ the middle level of its default curve.
   and the target's 1,000 chips with tiles against the same target without them.
 * **Chips side by side**: a whole evaluation with the chips of a level in one pass against one
   chip per pass, and whether the two give the same table (they must: bit for bit).
+* **The cost of one evaluation**: `evaluate_robustness` on 10 and on 200 chips, its fixed part and
+  its per-chip part separately; a repeated evaluation reuses the copy a new one builds
+  (`pipeline/evaluation/bench.py`).
+* **Side by side with IBM aihwkit** (`--only peers`, after `make benchmark-peers` installed the
+  optional extra: torch and aihwkit are gigabytes, never part of `make test`): the same trained
+  model's chips in both tools -- agreement of the physics -- and each tool's speed; definitions and
+  the aihwkit source file of each in `benchmarks/peers.py`.
 
 """
 
@@ -477,9 +490,14 @@ def main(argv=None) -> int:
     results = {"quick": args.quick, "machine": machine(), "targets": TARGETS}
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     sections = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
-                "robustness_scaling", "tiles", "lifetime")
-    if unknown := [name for name in only if name not in sections]:
-        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+                "robustness_scaling", "tiles", "lifetime", "evaluation_cost")
+    if unknown := [name for name in only if name not in (*sections, *OPTIONAL_SECTIONS)]:
+        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join((*sections, *OPTIONAL_SECTIONS))}")
+    if "peers" in only:
+        try:
+            peers.require()
+        except peers.PeersMissing as missing:
+            parser.error(f"--only peers: {missing}")
     if only:
         if not (output / "results.json").is_file():
             parser.error(f"--only updates {output / 'results.json'}, which does not exist: run every section first")
@@ -496,8 +514,10 @@ def main(argv=None) -> int:
                        ("chips_side_by_side", lambda: side_by_side_evaluations(data, fashion, args.quick)),
                        ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick)),
                        ("tiles", lambda: tiles.tiles_costs(data, args.quick)),
-                       ("lifetime", lambda: lifetime.lifetime_costs(data, args.quick))):
-        if only and name not in only:
+                       ("lifetime", lambda: lifetime.lifetime_costs(data, args.quick)),
+                       ("evaluation_cost", lambda: evaluation_cost.evaluation_costs(data, args.quick)),
+                       ("peers", lambda: peers.peer_costs(data, args.quick))):
+        if (only and name not in only) or (not only and name in OPTIONAL_SECTIONS):
             continue
         print(f"[benchmark] {name} ...", flush=True)
         started = time.perf_counter()

@@ -15,7 +15,8 @@ from pipeline.config import RobustnessConfig, TrainConfig
 from pipeline.deploy.interpreter import median_seconds
 from pipeline.effects import KERNEL_EFFECTS, Effect, Sampling, Site
 from pipeline.effects.base import KernelEffect, standard_normal
-from pipeline.evaluation.robustness import CompiledAccuracy, chips_side_by_side, condition_accuracies, model_targets
+from pipeline.evaluation.bench import CompiledAccuracy
+from pipeline.evaluation.robustness import chips_side_by_side, condition_accuracies, model_targets
 from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers
 from pipeline.learning.models import build_model
 from pipeline.learning.training import compile_model, seed_everything

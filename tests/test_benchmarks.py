@@ -51,6 +51,8 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert over_time["reads"] == 2 * over_time["times"] == 14 and over_time["chips"] == 100
     assert 0 < over_time["grid_s"] and over_time["draws_per_read_s"] > 0 and over_time["traces"] == 1
     assert set(over_time["lifetimes"]) == {"none", "global"} and "Yield over time" in report
+    cost = results["evaluation_cost"]  # a repeated evaluation reuses the copy a new one builds and traces
+    assert cost["new_copy_s"] > cost["chips_10_s"] > 0 and cost["per_chip_ms"] > 0 and "fixed part of a repeated" in report
     # --only measures the sections named and keeps the others; a quick run is not mixed with a full one
     again = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "pruning_signal", "--output", str(tmp_path)],
                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)

@@ -5,6 +5,8 @@ Protocol (after IBM aihwkit's: program a chip once, read it many times):
 * The model is copied with its targeted layers hardware-aware (:func:`attach_hardware`), on the
   target's tiles (``tile_rows``; every curve is read on the same arrays), and each layer's clean
   output range is calibrated per tile on the validation split (for relative clipping and the ADC).
+  The copy is built and traced once and reused by the next evaluation of a model of the same
+  architecture (:mod:`pipeline.evaluation.bench`): a repeated evaluation pays the chips, not the copy.
 * One-factor curves, one per effect of the registry (``pipeline/effects``: its grid, every other
   effect off), each level on ``chips`` chips -- then the ``target`` condition (every effect at the
   target hardware's levels) on ``target_chips`` chips (default 1,000). Chip ``c`` is a seeded
@@ -43,10 +45,10 @@ from pipeline.perturbation import PerturbationConfig, curve_point
 from pipeline.evaluation.lifetime import Lifetime, over_time
 from pipeline.evaluation.lifetime import describe as describe_lifetime
 from pipeline.evaluation.statistics import estimate_text, summarize
+from pipeline.evaluation.bench import CompiledAccuracy, chip_bench
 from pipeline.hwmodel.chips import (
     Calibration,
     attach_hardware,
-    calibrate,
     chips_per_pass,
     hardware_evaluation,
     hardware_layers,
@@ -107,56 +109,6 @@ def is_random(levels: PerturbationConfig) -> bool:
     return any(params.active and effect.sampling is not Sampling.DETERMINISTIC for effect, params in levels)
 
 
-class CompiledAccuracy:
-    """Test accuracy of ``model``, compiled once (one trace for any batch size, level and chip).
-
-    A model that evaluates P chips per pass (``chips_per_pass``) gets batches of P equal parts,
-    part k on chip k. :meth:`per_chip` gives every chip every image (each part the same batch of
-    ``batch_size`` images: what that chip alone would see); :meth:`one_chip` shares the images
-    among the parts -- for when every chip computes the same (clean, or a level without
-    randomness), it costs one chip's evaluation, not P.
-    """
-
-    def __init__(self, model: tf.keras.Model, batch_size: int):
-        self.chips = chips_per_pass(model)
-        self.batch_size = batch_size
-        self.traces = 0
-        chips = self.chips
-
-        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
-                                      tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.bool)])
-        def correct(images, labels, stack):
-            """Hits per chip; ``stack``: give every chip all of ``images`` (else they are the parts)."""
-            self.traces += 1  # Python side effect: runs only while tracing
-            if chips > 1:
-                copies = lambda tensor: tf.tile(tensor, [chips] + [1] * (tensor.shape.rank - 1))  # noqa: E731
-                images = tf.cond(stack, lambda: copies(images), lambda: images)
-                labels = tf.cond(stack, lambda: copies(labels), lambda: labels)
-            hits = tf.cast(tf.equal(tf.argmax(model(images, training=False), axis=1), labels), tf.int64)
-            return tf.reduce_sum(tf.reshape(hits, [chips, -1]), axis=1)
-
-        self._correct = correct
-
-    def per_chip(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Accuracy of each chip of the pass on all of ``images``."""
-        hits = np.zeros(self.chips, np.int64)
-        for start in range(0, len(labels), self.batch_size):
-            hits += self._correct(images[start : start + self.batch_size], labels[start : start + self.batch_size], True).numpy()
-        return hits / len(labels)
-
-    def one_chip(self, images: np.ndarray, labels: np.ndarray) -> float:
-        """Accuracy on ``images`` when every chip of the pass computes the same."""
-        step = self.batch_size * self.chips
-        hits = 0
-        for start in range(0, len(labels), step):
-            batch, truth = images[start : start + step], labels[start : start + step]
-            if pad := -len(truth) % self.chips:  # equal parts; padded images count for nothing
-                batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
-                truth = np.concatenate([truth, np.full(pad, -1, truth.dtype)])
-            hits += int(self._correct(batch, truth, False).numpy().sum())
-        return hits / len(labels)
-
-
 def evaluate_robustness(
     model: tf.keras.Model, data: PreparedData, config: RobustnessConfig, progress: Callable[[str], None] | None = print,
     over_time: bool = True,
@@ -172,9 +124,8 @@ def evaluate_robustness(
     for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
         side_by_side = chips_side_by_side(model, targets, config, chips)
         if chip_model is None or chips_per_pass(chip_model) != side_by_side:  # the curves' copy serves the target when it can
-            chip_model = attach_hardware(model, config.target, targets, chips_per_pass=side_by_side)  # the target's tiles
-            calibrate(chip_model, data.images("val"))
-            accuracy = CompiledAccuracy(chip_model, config.batch_size)
+            bench = chip_bench(model, config.target, targets, side_by_side, config.batch_size, data.images("val"))  # the target's tiles
+            chip_model, accuracy = bench.model, bench.accuracy
         clean = accuracy.one_chip(images, labels) if clean is None else clean
         with hardware_evaluation(chip_model, PerturbationConfig(tile_rows=config.target.tile_rows), chip=first_chip):
             for effect, index, level, levels in conditions_of_pass:

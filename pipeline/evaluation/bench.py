@@ -1,0 +1,127 @@
+"""The evaluation bench: a model's copy as chips, built, calibrated and traced once, reused by every evaluation.
+
+An evaluation (:func:`pipeline.evaluation.robustness.evaluate_robustness`) reads a model on a copy
+with its targeted layers hardware-aware (:func:`pipeline.hwmodel.chips.attach_hardware`), whose
+calibration probe and accuracy function are compiled. Building them costs a second or more; the
+chips themselves cost milliseconds. A :class:`ChipBench` is kept per (architecture and layer names,
+target hardware, targeted layers, chips per pass, batch size) -- at most :data:`MAX_BENCHES`,
+the least recently used dropped -- and every evaluation of a model of that architecture (a sweep's
+trials, a sensitivity run's repeats, a model evaluated again) copies the model's weights into it and
+calibrates it again (one pass over the validation images). Everything a chip is made of -- its
+draws, seeded by chip, layer and effect -- is independent of the weights, so a bench gives the
+numbers of a new copy, bit for bit (tested).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+import pipeline  # noqa: F401
+import tensorflow as tf
+
+from pipeline.perturbation import PerturbationConfig
+from pipeline.hwmodel.chips import Calibration, attach_hardware, chips_per_pass, plain_class
+
+MAX_BENCHES = 8  #: benches kept (a sensitivity run of L layers needs up to 2 L: the curves' and the target's pass size)
+
+
+class CompiledAccuracy:
+    """Test accuracy of ``model``, compiled once (one trace for any batch size, level and chip).
+
+    A model that evaluates P chips per pass (``chips_per_pass``) gets batches of P equal parts,
+    part k on chip k. :meth:`per_chip` gives every chip every image (each part the same batch of
+    ``batch_size`` images: what that chip alone would see); :meth:`one_chip` shares the images
+    among the parts -- for when every chip computes the same (clean, or a level without
+    randomness), it costs one chip's evaluation, not P.
+    """
+
+    def __init__(self, model: tf.keras.Model, batch_size: int):
+        self.chips = chips_per_pass(model)
+        self.batch_size = batch_size
+        self.traces = 0
+        chips = self.chips
+
+        @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
+                                      tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.bool)])
+        def correct(images, labels, stack):
+            """Hits per chip; ``stack``: give every chip all of ``images`` (else they are the parts)."""
+            self.traces += 1  # Python side effect: runs only while tracing
+            if chips > 1:
+                copies = lambda tensor: tf.tile(tensor, [chips] + [1] * (tensor.shape.rank - 1))  # noqa: E731
+                images = tf.cond(stack, lambda: copies(images), lambda: images)
+                labels = tf.cond(stack, lambda: copies(labels), lambda: labels)
+            hits = tf.cast(tf.equal(tf.argmax(model(images, training=False), axis=1), labels), tf.int64)
+            return tf.reduce_sum(tf.reshape(hits, [chips, -1]), axis=1)
+
+        self._correct = correct
+
+    def per_chip(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Accuracy of each chip of the pass on all of ``images``."""
+        hits = np.zeros(self.chips, np.int64)
+        for start in range(0, len(labels), self.batch_size):
+            hits += self._correct(images[start : start + self.batch_size], labels[start : start + self.batch_size], True).numpy()
+        return hits / len(labels)
+
+    def one_chip(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Accuracy on ``images`` when every chip of the pass computes the same."""
+        step = self.batch_size * self.chips
+        hits = 0
+        for start in range(0, len(labels), step):
+            batch, truth = images[start : start + step], labels[start : start + step]
+            if pad := -len(truth) % self.chips:  # equal parts; padded images count for nothing
+                batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
+                truth = np.concatenate([truth, np.full(pad, -1, truth.dtype)])
+            hits += int(self._correct(batch, truth, False).numpy().sum())
+        return hits / len(labels)
+
+
+@dataclass(frozen=True)
+class ChipBench:
+    """A model's copy with its targeted layers hardware-aware, its calibration probe and accuracy function."""
+
+    model: tf.keras.Model
+    calibration: Calibration
+    accuracy: CompiledAccuracy
+
+
+BENCHES: OrderedDict[tuple, ChipBench] = OrderedDict()
+
+
+def architecture(model: tf.keras.Model) -> str:
+    """What a copy of ``model`` computes: its input shape, its layers' names (they seed the chips), plain
+    classes and configurations -- without what the copied weights replace (initializers) or what only
+    names an object (a quantizer's own name, numbered by Keras per process)."""
+    layers = [(layer.name, plain_class(layer).__name__, _computing(layer.get_config(), top=True)) for layer in model.layers]
+    return json.dumps([list(model.input_shape[1:]), layers], sort_keys=True, default=str)
+
+
+def _computing(config, top: bool = False):
+    if isinstance(config, dict):
+        return {key: _computing(value) for key, value in config.items()
+                if not key.endswith("_initializer") and key not in ("hardware", "pixel_inputs") and (top or key != "name")}
+    if isinstance(config, (list, tuple)):
+        return [_computing(value) for value in config]
+    return config
+
+
+def chip_bench(model: tf.keras.Model, target: PerturbationConfig, targets: Sequence[str], side_by_side: int, batch_size: int,
+               calibration_images: np.ndarray) -> ChipBench:
+    """The bench of ``model`` at ``target`` (its tiles) with ``targets`` hardware-aware and ``side_by_side``
+    chips per pass, holding ``model``'s weights, calibrated on ``calibration_images``."""
+    key = (architecture(model), json.dumps(target.parameters(), sort_keys=True, default=str), tuple(targets), side_by_side, batch_size)
+    bench = BENCHES.pop(key, None)
+    if bench is None:
+        copy = attach_hardware(model, target, targets, chips_per_pass=side_by_side)
+        bench = ChipBench(copy, Calibration(copy), CompiledAccuracy(copy, batch_size))
+    else:
+        bench.model.set_weights(model.get_weights())
+    BENCHES[key] = bench
+    while len(BENCHES) > MAX_BENCHES:
+        BENCHES.popitem(last=False)
+    bench.calibration(calibration_images)
+    return bench

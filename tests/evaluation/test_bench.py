@@ -1,0 +1,67 @@
+"""The evaluation bench: a repeated evaluation reuses the copy, with the numbers of a new one."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import ModelConfig, RobustnessConfig
+from pipeline.effects import EFFECTS
+from pipeline.evaluation import bench
+from pipeline.evaluation.robustness import evaluate_robustness
+from pipeline.learning.models import build_model
+from pipeline.learning.training import seed_everything
+from pipeline.perturbation import PerturbationConfig
+
+#: each curve at two levels (off and its strongest), and a target of every kind of draw
+CONFIG = RobustnessConfig(grids={effect.name: (effect.curve.grid[0], effect.curve.grid[-1]) for effect in EFFECTS}, chips=3,
+                          target_chips=7, accuracy_spec=0.3,
+                          target=PerturbationConfig(noise_sigma=0.3, weight_dev_pct=20, weight_ber=0.01, clip_mode="relative",
+                                                    clip_fraction=0.5, out_bits=4))
+
+
+def model_of(seed: int):
+    seed_everything(seed)
+    return build_model(ModelConfig(bits=1, hidden_units=(64,)))
+
+
+def test_a_reused_bench_gives_the_numbers_of_a_new_copy(tiny_data):
+    first, second = model_of(1), model_of(2)  # the same architecture and layer names, other weights
+    assert not np.array_equal(first.get_weights()[0], second.get_weights()[0])
+    bench.BENCHES.clear()
+    evaluate_robustness(first, tiny_data, CONFIG, progress=None)
+    built = dict(bench.BENCHES)
+    assert len(built) == 2  # the curves' pass size (3 chips side by side) and the target's (7)
+    reused = evaluate_robustness(second, tiny_data, CONFIG, progress=None)
+    assert dict(bench.BENCHES) == built and all(bench.BENCHES[key] is value for key, value in built.items())
+    assert reused.traces == 1  # nothing traced again
+    bench.BENCHES.clear()
+    new = evaluate_robustness(second, tiny_data, CONFIG, progress=None)
+    assert not any(value is new_value for value in built.values() for new_value in bench.BENCHES.values())
+    pd.testing.assert_frame_equal(reused.per_chip, new.per_chip)  # bit for bit
+    assert reused.clean_accuracy == new.clean_accuracy and reused.summaries == new.summaries
+    # and the second model's chips are not the first one's (the weights were copied in)
+    assert not reused.per_chip.accuracy.equals(evaluate_robustness(first, tiny_data, CONFIG, progress=None).per_chip.accuracy)
+
+
+def test_benches_are_kept_per_target_and_layers_the_oldest_dropped(tiny_data, monkeypatch):
+    monkeypatch.setattr(bench, "MAX_BENCHES", 2)
+    bench.BENCHES.clear()
+    model, images = model_of(0), tiny_data.images("val")
+    one = bench.chip_bench(model, PerturbationConfig(), ("dense_1",), 1, 256, images)
+    other_layers = bench.chip_bench(model, PerturbationConfig(), ("dense_1", "dense_out"), 1, 256, images)
+    assert bench.chip_bench(model, PerturbationConfig(), ("dense_1",), 1, 256, images) is one  # the most recent now
+    tiles = bench.chip_bench(model, PerturbationConfig(tile_rows=128), ("dense_1",), 1, 256, images)  # other arrays: a new copy
+    assert tiles.model.get_layer("dense_1").tiling.count == 7 and one.model.get_layer("dense_1").tiling.count == 1
+    assert list(bench.BENCHES.values()) == [one, tiles]  # the least recently used is gone
+    assert other_layers not in bench.BENCHES.values()
+
+
+def test_another_architecture_gets_its_own_bench(tiny_data):
+    bench.BENCHES.clear()
+    images = tiny_data.images("val")
+    small = bench.chip_bench(model_of(0), PerturbationConfig(), ("dense_1",), 1, 256, images)
+    seed_everything(0)
+    wide = bench.chip_bench(build_model(ModelConfig(bits=1, hidden_units=(32,))), PerturbationConfig(), ("dense_1",), 1, 256, images)
+    assert wide is not small and wide.model.get_layer("dense_1").kernel.shape == (784, 32)
+    with pytest.raises(ValueError, match="no layer"):
+        bench.chip_bench(model_of(0), PerturbationConfig(), ("conv_1",), 1, 256, images)
