@@ -17,7 +17,7 @@ from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
 from aihwkit.simulator.configs import TorchInferenceRPUConfig
 from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, WeightModifierType
 
-from benchmarks.peers import DenseBlock
+from benchmarks.peer_export import DenseBlock
 
 THREADS = 2  #: torch's threads: the machine's two cores, as TensorFlow uses them
 

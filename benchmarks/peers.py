@@ -53,6 +53,8 @@ import tensorflow as tf
 
 from pipeline.evaluation.statistics import mean_interval
 
+from benchmarks.peer_export import exported_logits, exported_mlp
+
 PACKAGES = ("torch", "aihwkit", "aihwkit_lightning")  #: what the peer benchmark imports
 INSTALL = "pip install -e \".[peers]\" && pip install --no-deps aihwkit-lightning==2.1.0  (or: make benchmark-peers)"
 
@@ -66,50 +68,6 @@ def require(packages: Sequence[str] | None = None) -> None:
     installed, and the install command."""
     if missing := [name for name in packages or PACKAGES if importlib.util.find_spec(name) is None]:
         raise PeersMissing(f"the peer benchmark needs {', '.join(missing)} (not installed); install them with: {INSTALL}")
-
-
-@dataclass(frozen=True)
-class DenseBlock:
-    """One dense layer of a 1-bit MLP and its BatchNorm, as numbers another tool can load."""
-
-    name: str
-    kernel: np.ndarray  #: fan-in x units, after the layer's kernel quantizer (+-1 for the 1-bit MLP)
-    signs_in: bool  #: the layer reads the signs of its input (larq's ste_sign: +1 at 0)
-    mean: np.ndarray  #: BatchNorm's moving mean, per unit
-    variance: np.ndarray  #: BatchNorm's moving variance, per unit
-    beta: np.ndarray  #: BatchNorm's offset (the models' BatchNorm has no scale)
-    epsilon: float
-
-
-def exported_mlp(model: tf.keras.Model) -> list[DenseBlock]:
-    """The dense layers of a plain MLP of :func:`pipeline.learning.models.build_model`, each with its BatchNorm."""
-    import larq as lq
-
-    blocks = []
-    for layer in model.layers:
-        if not isinstance(layer, lq.layers.QuantDense):
-            continue
-        norm = model.get_layer(f"bn_{layer.name}")
-        if norm.scale:
-            raise ValueError(f"{norm.name}: the export expects BatchNorm without scale")
-        latent = tf.convert_to_tensor(layer.kernel)
-        kernel = (layer.kernel_quantizer(latent) if layer.kernel_quantizer else latent).numpy()
-        blocks.append(DenseBlock(layer.name, kernel, layer.input_quantizer is not None, norm.moving_mean.numpy(),
-                                 norm.moving_variance.numpy(), norm.beta.numpy(), float(norm.epsilon)))
-    return blocks
-
-
-def signs(values: np.ndarray) -> np.ndarray:
-    return np.where(values >= 0, 1.0, -1.0).astype(np.float32)
-
-
-def exported_logits(blocks: Sequence[DenseBlock], images: np.ndarray) -> np.ndarray:
-    """The exported MLP's output before softmax, in numpy: what the torch model computes when clean."""
-    values = images.reshape(len(images), -1).astype(np.float32)
-    for block in blocks:
-        values = (signs(values) if block.signs_in else values) @ block.kernel
-        values = (values - block.mean) / np.sqrt(block.variance + block.epsilon) + block.beta
-    return values
 
 
 @dataclass(frozen=True)
@@ -272,13 +230,17 @@ def training_ratios(data, quick: bool) -> list[dict]:
 
 def markdown(result: dict) -> list[str]:
     v = result["versions"]
-    lines = ["", "## Side by side with IBM aihwkit", "",
-             f"Versions: TensorFlow {v['tensorflow']}, Larq {v['larq']}; torch {v['torch']}, aihwkit {v['aihwkit']}, "
-             f"aihwkit-lightning {v['aihwkit-lightning']}; {result['threads']} threads in each tool. The default 1-bit MLP trained "
-             f"here (clean test accuracy {100 * result['clean_accuracy']:.2f} %), its hidden layers analog in both tools; process "
-             f"variation {100 * result['deviation']:.0f} %, output noise sigma {result['sigma']:g} accumulator units "
-             "(definitions: `benchmarks/peers.py`).", "",
-             "| condition | chips per tool | ours: mean accuracy [95 %] | aihwkit: mean accuracy [95 %] | Welch p | agree |",
+    return ["", "## Side by side with IBM aihwkit", "",
+            f"Versions: TensorFlow {v['tensorflow']}, Larq {v['larq']}; torch {v['torch']}, aihwkit {v['aihwkit']}, "
+            f"aihwkit-lightning {v['aihwkit-lightning']}; {result['threads']} threads in each tool. The default 1-bit MLP trained "
+            f"here (clean test accuracy {100 * result['clean_accuracy']:.2f} %), its hidden layers analog in both tools; process "
+            f"variation {100 * result['deviation']:.0f} %, output noise sigma {result['sigma']:g} accumulator units "
+            "(definitions: `benchmarks/peers.py`).", *agreement_lines(result), *throughput_lines(result), *training_lines(result),
+            "", UNMATCHED]
+
+
+def agreement_lines(result: dict) -> list[str]:
+    lines = ["", "| condition | chips per tool | ours: mean accuracy [95 %] | aihwkit: mean accuracy [95 %] | Welch p | agree |",
              "|---|---|---|---|---|---|"]
     chips = result["throughput"][0]["chips"]
     for row in result["agreement"]:
@@ -286,28 +248,38 @@ def markdown(result: dict) -> list[str]:
         lines.append(f"| {row['condition']} | {chips} | {100 * ours[0]:.2f} [{100 * ours[1]:.2f}, {100 * ours[2]:.2f}] | "
                      f"{100 * theirs[0]:.2f} [{100 * theirs[1]:.2f}, {100 * theirs[2]:.2f}] | {row['p_value']:.2f} | "
                      f"{'yes' if row['agree'] else 'NO'} |")
+    return lines
+
+
+def throughput_lines(result: dict) -> list[str]:
     images = result["throughput"][0]["images"]
-    lines += ["", f"| Monte-Carlo evaluation (both effects), chips x {images:,} test images | ours, new copy s | ours s | aihwkit s | "
-                  "ours / aihwkit chips x images per s (new copy; reused) |", "|---|---|---|---|---|"]
+    lines = ["", f"| Monte-Carlo evaluation (both effects), chips x {images:,} test images | ours, new copy s | ours s | aihwkit s | "
+                 "ours / aihwkit chips x images per s (new copy; reused) |", "|---|---|---|---|---|"]
     for row in result["throughput"]:
         lines.append(f"| {row['chips']:,} chips | {row['ours_new_copy_s']:.2f} | {row['ours_s']:.2f} | {row['aihwkit_s']:.2f} | "
                      f"{ahead(row['aihwkit_s'], row['ours_new_copy_s'])}; {ahead(row['aihwkit_s'], row['ours_s'])} |")
-    lines += ["", "Ours on a new copy is the process's first evaluation of this architecture: it builds two copies (the curves' "
-                  "pass of 5 chips and the target's of 10), calibrates them and traces their compiled accuracy (the fixed part, "
-                  "see the cost of one evaluation above); aihwkit runs eagerly and traces nothing. Every later evaluation of the "
-                  "architecture (a sweep's next trial, a model evaluated again) reuses the copies: the second figure."]
-    lines += ["", "| training step, batch 64 | hardware-aware layers | ours: plain ms, hardware-aware ms, ratio | aihwkit: plain ms, "
-                  "analog ms, ratio | aihwkit-lightning: plain ms, analog ms, ratio | ours ahead of aihwkit; of lightning |",
-              "|---|---|---|---|---|---|"]
+    return lines + ["", NEW_COPY]
+
+
+def training_lines(result: dict) -> list[str]:
+    lines = ["", "| training step, batch 64 | hardware-aware layers | ours: plain ms, hardware-aware ms, ratio | aihwkit: plain ms, "
+                 "analog ms, ratio | aihwkit-lightning: plain ms, analog ms, ratio | ours ahead of aihwkit; of lightning |",
+             "|---|---|---|---|---|---|"]
     for row in result["training"]:
         cells = [f"{row[f'{tool}_plain_ms']:.2f}, {row[f'{tool}_hardware_ms']:.2f}, {row[f'{tool}_ratio']:.2f}x"
                  for tool in ("ours", "aihwkit", "lightning")]
         lines.append(f"| {row['model']} | {row['perturbed_layers']} | " + " | ".join(cells) + f" | "
                      f"{ahead(row['aihwkit_ratio'], row['ours_ratio'])}; {ahead(row['lightning_ratio'], row['ours_ratio'])} |")
-    lines += ["", "Not matched, and why: relative output noise (ours scales with the RMS of each example's clean output; aihwkit "
-                  "has no such mode, so the comparison uses our absolute mode); aihwkit's own PCM programming noise (additive in "
-                  "conductance with a polynomial std: `inference/noise/pcm.py`) is not our definition, hence the benchmark's noise "
-                  "model; aihwkit-lightning has no multiplicative weight noise (its `ADD_NORMAL` is relative to max |w|) and scales "
-                  "its output noise by max |w| and the input range; the torch models train float weights (aihwkit's analog layers "
-                  "hold no binarizer) -- the matrix products have the sizes of ours."]
     return lines
+
+
+NEW_COPY = ("Ours on a new copy is the process's first evaluation of this architecture: it builds two copies (the curves' "
+            "pass of 5 chips and the target's of 10), calibrates them and traces their compiled accuracy (the fixed part, "
+            "see the cost of one evaluation above); aihwkit runs eagerly and traces nothing. Every later evaluation of the "
+            "architecture (a sweep's next trial, a model evaluated again) reuses the copies: the second figure.")
+UNMATCHED = ("Not matched, and why: relative output noise (ours scales with the RMS of each example's clean output; aihwkit "
+             "has no such mode, so the comparison uses our absolute mode); aihwkit's own PCM programming noise (additive in "
+             "conductance with a polynomial std: `inference/noise/pcm.py`) is not our definition, hence the benchmark's noise "
+             "model; aihwkit-lightning has no multiplicative weight noise (its `ADD_NORMAL` is relative to max |w|) and scales "
+             "its output noise by max |w| and the input range; the torch models train float weights (aihwkit's analog layers "
+             "hold no binarizer) -- the matrix products have the sizes of ours.")

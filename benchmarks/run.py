@@ -212,6 +212,7 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
     cases = [("mlp", "hidden", "mnist-bundled", data)]
     if fashion is not None:
         cases.append(("mlp", "hidden", "fashion-mnist", fashion))
+    cases.append(("cnn", "hidden", "mnist-bundled", data))  # the convolutions plain: run once, the dense layers' chips side by side
     cases.append(("cnn", "all", "mnist-bundled", data))  # convolutions perturbed: why "automatic" keeps one chip per pass
     rows = []
     for arch, layers, name, dataset in cases:
@@ -461,6 +462,32 @@ def write_reports(results: dict, output: Path, page: Path | None) -> None:
         page.write_text(performance_page(results))
 
 
+SECTIONS = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
+            "robustness_scaling", "tiles", "lifetime", "evaluation_cost")
+
+
+def kept_results(parser: argparse.ArgumentParser, output: Path, only: list[str], quick: bool) -> dict:
+    """What this run keeps of the existing results.json: with ``--only``, every section it does not name
+    (the names and the peers' packages checked first); a full run, the optional sections measured before."""
+    if unknown := [name for name in only if name not in (*SECTIONS, *OPTIONAL_SECTIONS)]:
+        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join((*SECTIONS, *OPTIONAL_SECTIONS))}")
+    if "peers" in only:
+        try:
+            peers.require()
+        except peers.PeersMissing as missing:
+            parser.error(f"--only peers: {missing}")
+    path = output / "results.json"
+    if not only:
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        return {name: earlier[name] for name in OPTIONAL_SECTIONS if name in earlier and earlier.get("quick") == quick}
+    if not path.is_file():
+        parser.error(f"--only updates {path}, which does not exist: run every section first")
+    earlier = json.loads(path.read_text())
+    if earlier.get("quick") != quick:
+        parser.error(f"--only: {path} is a {'quick' if earlier.get('quick') else 'full'} run; measure the same kind (with or without --quick)")
+    return earlier
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
@@ -483,29 +510,13 @@ def main(argv=None) -> int:
     if args.render:
         write_reports(json.loads((output / "results.json").read_text()), output, page)
         return 0
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    kept = kept_results(parser, output, only, args.quick)  # bad --only: an error before anything is measured
     data = prepare(DataConfig(source="bundled", limit=300 if args.quick else 0))
     fashion = None
     if not args.quick and Path("/usr/share/datasets/fashion-mnist").is_dir():
         fashion = prepare(DataConfig(dataset="fashion_mnist", source="path", data_path="/usr/share/datasets/fashion-mnist"))
-    results = {"quick": args.quick, "machine": machine(), "targets": TARGETS}
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    sections = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
-                "robustness_scaling", "tiles", "lifetime", "evaluation_cost")
-    if unknown := [name for name in only if name not in (*sections, *OPTIONAL_SECTIONS)]:
-        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join((*sections, *OPTIONAL_SECTIONS))}")
-    if "peers" in only:
-        try:
-            peers.require()
-        except peers.PeersMissing as missing:
-            parser.error(f"--only peers: {missing}")
-    if only:
-        if not (output / "results.json").is_file():
-            parser.error(f"--only updates {output / 'results.json'}, which does not exist: run every section first")
-        earlier = json.loads((output / "results.json").read_text())
-        if earlier.get("quick") != args.quick:
-            parser.error(f"--only: {output / 'results.json'} is a {'quick' if earlier.get('quick') else 'full'} run; "
-                         "measure the same kind (with or without --quick)")
-        results = {**earlier, **results}
+    results = {**kept, "quick": args.quick, "machine": machine(), "targets": TARGETS}
     for name, step in (("training_overhead", lambda: training_overhead(data, args.quick)),
                        ("robustness_throughput", lambda: robustness_throughput(data, args.quick)),
                        ("target_yield", lambda: target_yield_evaluation(data, args.quick)),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks import peers, run
+from benchmarks import peer_export, peers, run
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.learning.models import build_model
 from pipeline.learning.training import seed_everything, train
@@ -20,14 +20,14 @@ def trained(tiny_data):
 def test_the_exported_mlp_computes_what_the_keras_model_does(trained, tiny_data):
     import tensorflow as tf
 
-    blocks = peers.exported_mlp(trained)
+    blocks = peer_export.exported_mlp(trained)
     assert [block.name for block in blocks] == ["dense_1", "dense_2", "dense_out"]
     assert [block.signs_in for block in blocks] == [False, True, True]  # the first layer reads pixels
     assert all(set(np.unique(block.kernel)) == {-1.0, 1.0} for block in blocks)  # the kernels as deployed: +-1
     assert blocks[1].mean.shape == (32,) and blocks[1].variance.min() > 0  # the trained BatchNorm statistics
     images = tiny_data.images("test")
     logits = tf.keras.Model(trained.inputs, trained.get_layer("bn_dense_out").output)(images, training=False).numpy()
-    exported = peers.exported_logits(blocks, images)
+    exported = peer_export.exported_logits(blocks, images)
     np.testing.assert_allclose(exported, logits, rtol=1e-4, atol=1e-3)
     assert np.array_equal(exported.argmax(1), trained.predict(images, verbose=0).argmax(1))
 

@@ -2,7 +2,9 @@
 
 An evaluation (:func:`pipeline.evaluation.robustness.evaluate_robustness`) reads a model on a copy
 with its targeted layers hardware-aware (:func:`pipeline.hwmodel.chips.attach_hardware`), whose
-calibration probe and accuracy function are compiled. Building them costs a second or more; the
+calibration probe and accuracy function are compiled. The plain layers before the first targeted
+one compute the same for every chip: the copy is split there (:class:`ChipBench`), they run once
+per image, and the chips start from their output. Building them costs a second or more; the
 chips themselves cost milliseconds. A :class:`ChipBench` is kept per (architecture and layer names,
 target hardware, targeted layers, chips per pass, batch size) -- at most :data:`MAX_BENCHES`,
 the least recently used dropped -- and every evaluation of a model of that architecture (a sweep's
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,11 +84,38 @@ class CompiledAccuracy:
 
 @dataclass(frozen=True)
 class ChipBench:
-    """A model's copy with its targeted layers hardware-aware, its calibration probe and accuracy function."""
+    """A model's copy with its targeted layers hardware-aware, split where the chips begin: ``prefix``,
+    the plain layers before the first targeted one, computed once per image for every chip (None when
+    only a reshape comes first); ``model``, the rest -- the chips -- with its calibration probe and
+    compiled accuracy, reading :meth:`features`."""
 
+    copy: tf.keras.Model  #: the whole copy (its layers are the prefix's and the chips' model's)
+    prefix: Callable[[tf.Tensor], tf.Tensor] | None
     model: tf.keras.Model
     calibration: Calibration
     accuracy: CompiledAccuracy
+    batch_size: int
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """What the chips' first layer reads for ``images``: the prefix's clean output (``images`` without a prefix)."""
+        if self.prefix is None:
+            return images
+        return np.concatenate([self.prefix(tf.constant(images[start : start + self.batch_size], tf.float32)).numpy()
+                               for start in range(0, len(images), self.batch_size)])
+
+
+def new_bench(model: tf.keras.Model, target: PerturbationConfig, targets: Sequence[str], side_by_side: int, batch_size: int) -> ChipBench:
+    """Copy ``model`` with ``targets`` hardware-aware, split before the first targeted layer when a layer
+    with weights (a plain layer, BatchNorm) comes before it: those are the same for every chip."""
+    copy = attach_hardware(model, target, targets, chips_per_pass=side_by_side)
+    first = next(index for index, layer in enumerate(copy.layers) if layer.name in targets)
+    prefix, chips = None, copy
+    if any(layer.weights for layer in copy.layers[:first]):
+        before = tf.keras.Sequential([tf.keras.Input(shape=model.input_shape[1:]), *copy.layers[:first]])
+        prefix = tf.function(lambda images: before(images, training=False), autograph=False,
+                             input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+        chips = tf.keras.Sequential([tf.keras.Input(shape=before.output_shape[1:]), *copy.layers[first:]], name=copy.name)
+    return ChipBench(copy, prefix, chips, Calibration(chips), CompiledAccuracy(chips, batch_size), batch_size)
 
 
 BENCHES: OrderedDict[tuple, ChipBench] = OrderedDict()
@@ -116,12 +145,11 @@ def chip_bench(model: tf.keras.Model, target: PerturbationConfig, targets: Seque
     key = (architecture(model), json.dumps(target.parameters(), sort_keys=True, default=str), tuple(targets), side_by_side, batch_size)
     bench = BENCHES.pop(key, None)
     if bench is None:
-        copy = attach_hardware(model, target, targets, chips_per_pass=side_by_side)
-        bench = ChipBench(copy, Calibration(copy), CompiledAccuracy(copy, batch_size))
+        bench = new_bench(model, target, targets, side_by_side, batch_size)
     else:
-        bench.model.set_weights(model.get_weights())
+        bench.copy.set_weights(model.get_weights())
     BENCHES[key] = bench
     while len(BENCHES) > MAX_BENCHES:
         BENCHES.popitem(last=False)
-    bench.calibration(calibration_images)
+    bench.calibration(bench.features(calibration_images))
     return bench

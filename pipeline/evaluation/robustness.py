@@ -21,9 +21,11 @@ Protocol (after IBM aihwkit's: program a chip once, read it many times):
   ``robust_acc_target`` (``_low``, ``_high``) and ``robust_yield_target`` (``_low``, ``_high``).
 
 Levels and chips are variables: the whole grid runs through one traced function (no retracing).
-Several chips share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: the chips
-of a level in passes of at most 10 when only dense layers are perturbed, the first one included):
-the table is the same, bit for bit, as one chip per pass; the calls are fewer and larger.
+The plain layers before the first perturbed one compute the same for every chip: they run once per
+image, and the chips start from their output (:mod:`pipeline.evaluation.bench`). Several chips
+share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: the chips of a level in
+passes of at most 10 when the layers from the first perturbed one on are dense): the table is the
+same, bit for bit, as one chip per pass; the calls are fewer and larger.
 """
 
 from __future__ import annotations
@@ -90,16 +92,17 @@ def conditions(config: RobustnessConfig) -> list[tuple[str, int, float, Perturba
 
 def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: RobustnessConfig, chips: int) -> int:
     """How many of ``chips`` chips one pass evaluates (``RobustnessConfig.chips_per_pass``; 0 =
-    automatic: all of them, at most :data:`MAX_CHIPS_PER_PASS`, in passes of equal size)."""
+    automatic: all of them, at most :data:`MAX_CHIPS_PER_PASS`, in passes of equal size, when the
+    layers the chips compute -- from the first perturbed one on -- are dense; the plain layers before it
+    run once for all chips, :mod:`pipeline.evaluation.bench`)."""
     if config.chips_per_pass:
         return min(config.chips_per_pass, chips)
     import larq as lq
 
     weighted = [layer for layer in model.layers if plain_class(layer) in (lq.layers.QuantDense, lq.layers.QuantConv2D)]
-    perturbed = [layer for layer in weighted if layer.name in targets]
-    dense_only = all(plain_class(layer) is lq.layers.QuantDense for layer in perturbed)
-    if not (perturbed and dense_only and weighted[0] is perturbed[0]):
-        return 1
+    chips_read = weighted[next((index for index, layer in enumerate(weighted) if layer.name in targets), len(weighted)):]
+    if not (chips_read and all(plain_class(layer) is lq.layers.QuantDense for layer in chips_read)):
+        return 1  # a convolution from the first perturbed layer on (or nothing perturbed): one chip per pass
     passes = -(-chips // MAX_CHIPS_PER_PASS)
     return -(-chips // passes)
 
@@ -117,7 +120,7 @@ def evaluate_robustness(
     target that drifts, also the target's chips over time (:mod:`pipeline.evaluation.lifetime`)."""
     started = time.perf_counter()
     targets = model_targets(model, config.target.perturb_layers)
-    images, labels = data.images("test"), data.labels("test")
+    labels = data.labels("test")
     first_chip = config.seed * CHIP_SEED_STRIDE
     rows, traces, clean, chip_model = [], 0, None, None
     points = conditions(config)
@@ -125,7 +128,7 @@ def evaluate_robustness(
         side_by_side = chips_side_by_side(model, targets, config, chips)
         if chip_model is None or chips_per_pass(chip_model) != side_by_side:  # the curves' copy serves the target when it can
             bench = chip_bench(model, config.target, targets, side_by_side, config.batch_size, data.images("val"))  # the target's tiles
-            chip_model, accuracy = bench.model, bench.accuracy
+            chip_model, accuracy, images = bench.model, bench.accuracy, bench.features(data.images("test"))
         clean = accuracy.one_chip(images, labels) if clean is None else clean
         with hardware_evaluation(chip_model, PerturbationConfig(tile_rows=config.target.tile_rows), chip=first_chip):
             for effect, index, level, levels in conditions_of_pass:

@@ -144,7 +144,7 @@ class Calibration:
     def __init__(self, model: tf.keras.Model, batch_size: int = 1024):
         self.model, self.layers, self.batch_size = model, hardware_layers(model), batch_size
         if self.layers:
-            probe = tf.keras.Model(model.inputs, [layer.input for layer in self.layers])
+            probe = layer_inputs(model)
 
             def ranges(batch):
                 inputs = tf.nest.flatten(probe(batch, training=False))
@@ -169,6 +169,18 @@ class Calibration:
             layer.hardware_state.calibrated_lo.assign(lo)
             layer.hardware_state.calibrated_hi.assign(hi)
         return {layer.name: [(float(a), float(b)) for a, b in zip(lo, hi)] for layer, (lo, hi) in zip(self.layers, ranges)}
+
+
+def layer_inputs(model: tf.keras.Sequential) -> tf.keras.Model:
+    """A model giving what each hardware-aware layer of ``model`` reads, through ``model``'s own layer
+    order (whatever other models share its layers: a split copy's chips, :mod:`pipeline.evaluation.bench`)."""
+    inputs = tf.keras.Input(shape=model.input_shape[1:])
+    values, found = inputs, []
+    for layer in model.layers[: 1 + max(index for index, layer in enumerate(model.layers) if isinstance(layer, HardwareAwareMixin))]:
+        if isinstance(layer, HardwareAwareMixin):
+            found.append(values)
+        values = layer(values)
+    return tf.keras.Model(inputs, found)
 
 
 def needs_calibration(config: PerturbationConfig) -> bool:

@@ -3,11 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from pipeline.config import ModelConfig, RobustnessConfig
 from pipeline.effects import EFFECTS
 from pipeline.evaluation import bench
 from pipeline.evaluation.robustness import evaluate_robustness
+from pipeline.hwmodel.chips import chips_per_pass
 from pipeline.learning.models import build_model
 from pipeline.learning.training import seed_everything
 from pipeline.perturbation import PerturbationConfig
@@ -65,3 +67,37 @@ def test_another_architecture_gets_its_own_bench(tiny_data):
     assert wide is not small and wide.model.get_layer("dense_1").kernel.shape == (784, 32)
     with pytest.raises(ValueError, match="no layer"):
         bench.chip_bench(model_of(0), PerturbationConfig(), ("conv_1",), 1, 256, images)
+
+
+def test_the_chips_start_after_the_plain_layers_with_the_numbers_of_the_whole_copy(tiny_data):
+    """The CNN with its dense layers perturbed: the convolutions run once per image (the prefix), the chips
+    side by side from dense_1 on -- and every chip's accuracy is the one the whole copy gives it, one chip a pass."""
+    from pipeline.evaluation.robustness import condition_accuracies
+    from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation
+
+    seed_everything(3)
+    model = build_model(ModelConfig(arch="cnn", bits=1))
+    target = PerturbationConfig(noise_sigma=0.3, weight_dev_pct=30, out_bits=3, perturb_layers="hidden")
+    config = RobustnessConfig(grids={effect.name: (effect.curve.grid[0],) for effect in EFFECTS}, target=target, target_chips=6)
+    bench.BENCHES.clear()
+    result = evaluate_robustness(model, tiny_data, config, progress=None, over_time=False)
+    used = bench.BENCHES[next(reversed(bench.BENCHES))]  # the target's (6 chips a pass)
+    assert used.prefix is not None and [layer.name for layer in used.model.layers][0] == "dense_1"
+    assert chips_per_pass(used.model) == 6  # side by side: only dense layers read chips
+    images, labels = tiny_data.images("test"), tiny_data.labels("test")
+    flat = tf.keras.Model(model.inputs, model.get_layer("flatten").output)(images, training=False).numpy()
+    np.testing.assert_allclose(used.features(images), flat, rtol=1e-6, atol=1e-5)  # the plain layers' output (another graph: last bits)
+    whole = attach_hardware(model, target, ("dense_1",), chips_per_pass=1)  # no split, one chip a pass
+    calibrate(whole, tiny_data.images("val"))
+    accuracy = bench.CompiledAccuracy(whole, config.batch_size)
+    with hardware_evaluation(whole, PerturbationConfig(), chip=0):
+        expected = [value for _, value in condition_accuracies(whole, accuracy, target, 6, 0, images, labels)]
+    assert result.per_chip.loc[result.per_chip.effect == "target", "accuracy"].tolist() == expected
+
+
+def test_a_model_whose_first_layer_is_perturbed_is_not_split(tiny_data):
+    bench.BENCHES.clear()
+    mlp = bench.chip_bench(model_of(0), PerturbationConfig(), ("dense_1", "dense_out"), 1, 256, tiny_data.images("val"))
+    assert mlp.prefix is None and mlp.model is mlp.copy  # only a reshape before dense_1: the default main's copy as it was
+    images = tiny_data.images("test")
+    assert mlp.features(images) is images

@@ -95,10 +95,11 @@ def test_chips_side_by_side_give_the_same_table(trained, tiny_data):
     assert one.clean_accuracy == two.clean_accuracy and one.traces == two.traces == 1
 
 
-@pytest.mark.parametrize("arch, layers, automatic", [("mlp", "hidden", 5), ("mlp", "all", 5), ("mlp", "dense_out", 1),
-                                                     ("cnn", "hidden", 1), ("cnn", "all", 1)])
+@pytest.mark.parametrize("arch, layers, automatic", [("mlp", "hidden", 5), ("mlp", "all", 5), ("mlp", "dense_out", 5),
+                                                     ("cnn", "hidden", 5), ("cnn", "conv_3", 1), ("cnn", "all", 1)])
 def test_automatic_chips_per_pass(arch, layers, automatic):
-    """Side by side when only dense layers are perturbed, the first one included; else one at a time."""
+    """Side by side when the layers from the first perturbed one on are dense (the plain ones before it
+    run once for all chips); else one at a time."""
     model = build_model(ModelConfig(arch=arch, bits=1, hidden_units=(16,)))
     targets = model_targets(model, layers)
     assert chips_side_by_side(model, targets, RobustnessConfig(), 5) == automatic
