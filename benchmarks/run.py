@@ -279,14 +279,13 @@ def robustness_scaling(data, fashion, quick: bool) -> list[dict]:
     seed_everything(0)
     model = build_model(ModelConfig(bits=1))
     grids = QUICK_GRIDS if quick else {}
-    config = RobustnessConfig(grids, chips=1, target_chips=1, target=ALL_EFFECTS)
     rows = []
     sets = [("mnist-bundled", data)] + ([] if fashion is None else [("fashion-mnist", fashion)])
     for name, dataset in sets:
-        evaluate_robustness(model, dataset, config, progress=None)  # warm-up
         for chips in ((1, 2) if quick else (1, 5, 20)):
-            result = evaluate_robustness(model, dataset, RobustnessConfig(grids, chips=chips, target_chips=chips, target=ALL_EFFECTS),
-                                         progress=None)
+            config = RobustnessConfig(grids, chips=chips, target_chips=chips, target=ALL_EFFECTS)
+            evaluate_robustness(model, dataset, config, progress=None)  # warm-up: builds this pass size's copy
+            result = evaluate_robustness(model, dataset, config, progress=None)
             evaluations = len(result.per_chip) + 1  # (level, chip) pairs evaluated, and the clean accuracy
             rows.append({"data": name, "test_images": len(dataset.y_test), "chips": chips, "chip_evaluations": evaluations,
                          "seconds": result.seconds,

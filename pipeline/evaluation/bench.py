@@ -27,9 +27,10 @@ import pipeline  # noqa: F401
 import tensorflow as tf
 
 from pipeline.perturbation import PerturbationConfig
-from pipeline.hwmodel.chips import Calibration, attach_hardware, chips_per_pass, plain_class
+from pipeline.hwmodel.chips import Calibration, attach_hardware, chips_per_pass, end_evaluation, plain_class
 
-MAX_BENCHES = 8  #: benches kept (a sensitivity run of L layers needs up to 2 L: the curves' and the target's pass size)
+MAX_BENCHES = 4  #: copies kept, least recently used dropped (an evaluation uses one or two: the curves' and the target's pass size;
+#: each holds its chips' kernels and draws: about 130 MB for the default MLP at 10 chips a pass with every kernel effect)
 
 
 class CompiledAccuracy:
@@ -100,15 +101,17 @@ class ChipBench:
         """What the chips' first layer reads for ``images``: the prefix's clean output (``images`` without a prefix)."""
         if self.prefix is None:
             return images
-        return np.concatenate([self.prefix(tf.constant(images[start : start + self.batch_size], tf.float32)).numpy()
-                               for start in range(0, len(images), self.batch_size)])
+        features = np.empty((len(images), *self.model.input_shape[1:]), np.float32)
+        for start in range(0, len(images), self.batch_size):
+            features[start : start + self.batch_size] = self.prefix(tf.constant(images[start : start + self.batch_size], tf.float32)).numpy()
+        return features
 
 
 def new_bench(model: tf.keras.Model, target: PerturbationConfig, targets: Sequence[str], side_by_side: int, batch_size: int) -> ChipBench:
     """Copy ``model`` with ``targets`` hardware-aware, split before the first targeted layer when a layer
     with weights (a plain layer, BatchNorm) comes before it: those are the same for every chip."""
     copy = attach_hardware(model, target, targets, chips_per_pass=side_by_side)
-    first = next(index for index, layer in enumerate(copy.layers) if layer.name in targets)
+    first = next((index for index, layer in enumerate(copy.layers) if layer.name in targets), 0)  # nothing targeted: no split
     prefix, chips = None, copy
     if any(layer.weights for layer in copy.layers[:first]):
         before = tf.keras.Sequential([tf.keras.Input(shape=model.input_shape[1:]), *copy.layers[:first]])
@@ -125,16 +128,17 @@ def architecture(model: tf.keras.Model) -> str:
     """What a copy of ``model`` computes: its input shape, its layers' names (they seed the chips), plain
     classes and configurations -- without what the copied weights replace (initializers) or what only
     names an object (a quantizer's own name, numbered by Keras per process)."""
-    layers = [(layer.name, plain_class(layer).__name__, _computing(layer.get_config(), top=True)) for layer in model.layers]
+    layers = [(layer.name, plain_class(layer).__name__, _computing(layer.get_config())) for layer in model.layers]
     return json.dumps([list(model.input_shape[1:]), layers], sort_keys=True, default=str)
 
 
-def _computing(config, top: bool = False):
+def _computing(config, top: bool = False, named: bool = True):
+    """``config`` without initializers and without the names inside quantizers and constraints."""
     if isinstance(config, dict):
-        return {key: _computing(value) for key, value in config.items()
-                if not key.endswith("_initializer") and key not in ("hardware", "pixel_inputs") and (top or key != "name")}
+        return {key: _computing(value, named=named and not key.endswith(("_quantizer", "_constraint"))) for key, value in config.items()
+                if not key.endswith("_initializer") and key not in ("hardware", "pixel_inputs") and (named or key != "name")}
     if isinstance(config, (list, tuple)):
-        return [_computing(value) for value in config]
+        return [_computing(value, named=named) for value in config]
     return config
 
 
@@ -147,6 +151,7 @@ def chip_bench(model: tf.keras.Model, target: PerturbationConfig, targets: Seque
     if bench is None:
         bench = new_bench(model, target, targets, side_by_side, batch_size)
     else:
+        end_evaluation(bench.model)  # plain again, whatever an interrupted evaluation left
         bench.copy.set_weights(model.get_weights())
     BENCHES[key] = bench
     while len(BENCHES) > MAX_BENCHES:

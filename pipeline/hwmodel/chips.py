@@ -98,20 +98,25 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
     chips = chip_ids(model, chip)
     for layer in layers:
         layer.check_hardware(config)
-    for layer in layers:
-        state = layer.hardware_state
-        state.assign(config)
-        state.chip_ids.assign(chips)
-        state.calls.assign(0)
-        state.evaluating.assign(True)
-        layer.program()
     try:
+        for layer in layers:
+            state = layer.hardware_state
+            state.assign(config)
+            state.chip_ids.assign(chips)
+            state.calls.assign(0)
+            state.evaluating.assign(True)
+            layer.program()
         yield
     finally:
-        for layer in layers:
-            layer.hardware_state.evaluating.assign(False)
-            layer.hardware_state.assign(PerturbationConfig())
-            layer.program()  # nothing to program: batches read the plain kernel again
+        end_evaluation(model)
+
+
+def end_evaluation(model: tf.keras.Model) -> None:
+    """Inference plain again: every hardware-aware layer's levels off, nothing programmed."""
+    for layer in hardware_layers(model):
+        layer.hardware_state.evaluating.assign(False)
+        layer.hardware_state.assign(PerturbationConfig())
+        layer.program()  # nothing to program: batches read the plain kernel again
 
 
 def set_condition(model: tf.keras.Model, config: PerturbationConfig | None = None,

@@ -101,3 +101,18 @@ def test_a_model_whose_first_layer_is_perturbed_is_not_split(tiny_data):
     assert mlp.prefix is None and mlp.model is mlp.copy  # only a reshape before dense_1: the default main's copy as it was
     images = tiny_data.images("test")
     assert mlp.features(images) is images
+
+
+def test_a_bench_left_evaluating_by_an_interruption_is_plain_again(tiny_data):
+    bench.BENCHES.clear()
+    model = model_of(1)
+    first = evaluate_robustness(model, tiny_data, CONFIG, progress=None)
+    for value in bench.BENCHES.values():  # as if an evaluation had been interrupted half-way
+        for layer in value.model.layers:
+            if hasattr(layer, "hardware_state"):
+                layer.hardware_state.evaluating.assign(True)
+                layer.hardware_state.assign(CONFIG.target)
+    again = evaluate_robustness(model, tiny_data, CONFIG, progress=None)
+    pd.testing.assert_frame_equal(first.per_chip, again.per_chip)
+    assert again.clean_accuracy == first.clean_accuracy
+
