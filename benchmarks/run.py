@@ -1,6 +1,6 @@
 """Benchmarks: what the hardware model costs, measured against the plain Larq model in one process.
 
-    python -m benchmarks.run            # full run (about 13 minutes on 2 cores)
+    python -m benchmarks.run            # full run (about 25 minutes on 2 cores; the peer section: --only peers, about 5 minutes)
     python -m benchmarks.run --quick    # tiny sizes: a smoke run (the test suite runs it)
 
 Writes ``benchmarks/results/results.json`` and ``results.md`` (or ``--output DIR``), and the
@@ -417,7 +417,7 @@ PAGE_INTRO = """# Performance
 
 <!-- Written by `python -m benchmarks.run` from benchmarks/results/results.json; edit PAGE_INTRO in benchmarks/run.py. -->
 
-`python -m benchmarks.run` (about 30 minutes on 2 cores; `--quick` for a smoke run, which the test
+`python -m benchmarks.run` (about 25 minutes on 2 cores; `--quick` for a smoke run, which the test
 suite runs; `--only target_yield,pruning_signal` measures the sections named again and keeps the
 others) measures, in one process after warm-up, medians over repeats, what the hardware model costs
 against the plain Larq model. Every effect of the registry is measured at once and each alone, at
