@@ -65,9 +65,20 @@ class PeersMissing(RuntimeError):
 
 def require(packages: Sequence[str] | None = None) -> None:
     """A :class:`PeersMissing` naming every package of ``packages`` (default :data:`PACKAGES`) that is not
-    installed, and the install command."""
-    if missing := [name for name in packages or PACKAGES if importlib.util.find_spec(name) is None]:
-        raise PeersMissing(f"the peer benchmark needs {', '.join(missing)} (not installed); install them with: {INSTALL}")
+    installed or does not import (aihwkit beside another torch than its own: an undefined symbol), and
+    the install command."""
+    missing, broken = [], []
+    for name in packages or PACKAGES:
+        if importlib.util.find_spec(name) is None:
+            missing.append(name)
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # any failure to import (ImportError, OSError, an undefined symbol) is the same message
+            broken.append(f"{name} ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]})")
+    problems = ([f"{', '.join(missing)} (not installed)"] if missing else []) + ([f"{'; '.join(broken)} (does not import)"] if broken else [])
+    if problems:
+        raise PeersMissing(f"the peer benchmark needs {'; '.join(problems)}; install them with: {INSTALL}")
 
 
 @dataclass(frozen=True)

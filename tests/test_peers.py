@@ -48,6 +48,10 @@ def test_a_missing_peer_package_is_a_clear_message_not_a_traceback(tmp_path, mon
     peers.require(("numpy", "scipy"))  # installed: nothing to say
     with pytest.raises(peers.PeersMissing, match=r"needs no_such_peer \(not installed\); install them with: pip install -e"):
         peers.require(("numpy", "no_such_peer"))
+    (tmp_path / "broken_peer.py").write_text("raise ImportError('undefined symbol: _ZN3c10')\n")  # aihwkit beside another torch
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(peers.PeersMissing, match=r"needs broken_peer \(ImportError: undefined symbol: _ZN3c10\) \(does not import\)"):
+        peers.require(("numpy", "broken_peer"))
     monkeypatch.setattr(peers, "PACKAGES", ("numpy", "no_such_peer"))
     with pytest.raises(SystemExit) as exit_:
         run.main(["--only", "peers", "--output", str(tmp_path)])
