@@ -17,6 +17,10 @@ from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
 from aihwkit.simulator.configs import TorchInferenceRPUConfig
 from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, WeightModifierType
 
+from pipeline.config import ModelConfig
+from pipeline.learning.data import IMAGE_SHAPE, NUM_CLASSES
+from pipeline.learning.models import CNN_DENSE_UNITS, CNN_FILTERS
+
 from benchmarks.peer_export import DenseBlock
 
 THREADS = 2  #: torch's threads: the machine's two cores, as TensorFlow uses them
@@ -134,22 +138,22 @@ def chip_accuracies(blocks: Sequence[DenseBlock], analog: Sequence[str], deviati
 
 # --- training steps ---------------------------------------------------------------------------------
 
-CNN_FILTERS, CNN_DENSE_UNITS = (32, 64, 64), 64  #: pipeline.learning.models' CNN
-
-
 def torch_model(arch: str, tool: str, deviation: float, sigma: float) -> nn.Module:
-    """The 1-bit MLP (784-512-512-10, hidden layers hardware-aware) or CNN (every layer) in torch:
-    ``tool`` ``plain`` (torch's own layers), ``aihwkit`` or ``lightning`` (their analog layers)."""
+    """The default 1-bit MLP (hidden layers hardware-aware) or CNN (every layer) of :mod:`pipeline.learning.models`
+    in torch: ``tool`` ``plain`` (torch's own layers), ``aihwkit`` or ``lightning`` (their analog layers)."""
     linear, conv = layer_makers(tool, deviation, sigma)
     if arch == "mlp":
-        return nn.Sequential(nn.Flatten(), linear(784, 512), nn.BatchNorm1d(512), Sign(), linear(512, 512), nn.BatchNorm1d(512), Sign(),
-                             nn.Linear(512, 10, bias=False), nn.BatchNorm1d(10))
-    modules, channels, size = [], 1, 28
+        modules, fan_in = [nn.Flatten()], IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+        for units in ModelConfig().hidden_units:
+            modules += [linear(fan_in, units), nn.BatchNorm1d(units), Sign()]
+            fan_in = units
+        return nn.Sequential(*modules, nn.Linear(fan_in, NUM_CLASSES, bias=False), nn.BatchNorm1d(NUM_CLASSES))
+    modules, channels, size = [], 1, IMAGE_SHAPE[0]
     for index, filters in enumerate(CNN_FILTERS, start=1):
         modules += [conv(channels, filters)] + ([nn.MaxPool2d(2)] if index < len(CNN_FILTERS) else []) + [nn.BatchNorm2d(filters), Sign()]
         channels, size = filters, (size - 2) // 2 if index < len(CNN_FILTERS) else size - 2
     modules += [nn.Flatten(), linear(channels * size * size, CNN_DENSE_UNITS), nn.BatchNorm1d(CNN_DENSE_UNITS), Sign(),
-                linear(CNN_DENSE_UNITS, 10), nn.BatchNorm1d(10)]
+                linear(CNN_DENSE_UNITS, NUM_CLASSES), nn.BatchNorm1d(NUM_CLASSES)]
     return nn.Sequential(*modules)
 
 
