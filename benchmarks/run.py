@@ -1,6 +1,6 @@
 """Benchmarks: what the hardware model costs, measured against the plain Larq model in one process.
 
-    python -m benchmarks.run            # full run (about 25 minutes on 2 cores; the peer section: --only peers, about 5 minutes)
+    python -m benchmarks.run            # full run (about 30 minutes on 2 cores; the peer section: --only peers, about 5 minutes)
     python -m benchmarks.run --quick    # tiny sizes: a smoke run (the test suite runs it)
 
 Writes ``benchmarks/results/results.json`` and ``results.md`` (or ``--output DIR``), and the
@@ -41,15 +41,14 @@ from pipeline.evaluation.robustness import (
 )
 from pipeline.learning.training import compile_model, seed_everything
 
-from benchmarks import evaluation_cost, lifetime, peers, tiles
-from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, gaussians_at_outputs, hardware_aware_model,
+from benchmarks import evaluation_cost, lifetime, peers, sensitivity, tiles
+from benchmarks.timing import (BATCH, QUICK_GRIDS, TargetChips, batching_gain, chip_draw_seconds, draw_seconds, gaussians_at_outputs, hardware_aware_model,
                                interleaved_seconds, train_step_runner, training_draws)
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
-           "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS, **lifetime.TARGETS,
+           "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS, **lifetime.TARGETS, **sensitivity.TARGETS,
            **evaluation_cost.TARGETS}
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
-QUICK_GRIDS = {effect.name: effect.curve.grid[:: len(effect.curve.grid) - 1] for effect in EFFECTS}  #: a smoke run: each curve's ends
 ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.parameters()[effect.curve.parameter]) for effect in EFFECTS}
 
 
@@ -234,8 +233,9 @@ def side_by_side_evaluations(data, fashion, quick: bool) -> list[dict]:
         memory = dict.fromkeys(configs)
         if name == "mnist-bundled":
             memory = dict(zip(configs, evaluation_peaks_mb(arch, layers, chips, [c.chips_per_pass for c in configs.values()], quick)))
+        ceiling = batching_gain(model, model_targets(model, layers), dataset.images("test"), chips, 3 if quick else 15)
         rows.append({"model": f"{arch}-1bit", "perturbed_layers": layers, "data": name, "test_images": len(dataset.y_test),
-                     "chips": chips, "one_chip_s": one, "side_by_side_s": side, "speedup": one / side,
+                     "chips": chips, "one_chip_s": one, "side_by_side_s": side, "speedup": one / side, "plain_batching_gain": ceiling,
                      "one_chip_peak_mb_added": memory["one_chip"], "side_by_side_peak_mb_added": memory["side_by_side"],
                      "automatic_chips_per_pass": chosen, "same_table": bool(tables["one_chip"].equals(tables["side_by_side"]))})
     return rows
@@ -376,14 +376,20 @@ def markdown(results: dict) -> str:
                       f"(goal <= {100 * results['targets']['pruning_signal']:.0f} %; the first epoch's, tracing included: "
                       f"{1000 * p['first_signal_s']:.0f} ms)."]
     lines += ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
-              "| speedup | peak memory added, one chip / side by side | same table | automatic chips per pass |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| speedup | plain model, chips' images in one call | peak memory added, one chip / side by side | same table "
+              "| automatic chips per pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["chips_side_by_side"]:
         memory = ("-" if row["one_chip_peak_mb_added"] is None
                   else f"{row['one_chip_peak_mb_added']:,.0f} MB / {row['side_by_side_peak_mb_added']:,.0f} MB")
         lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['data']} ({row['test_images']:,} test images) | {row['chips']} | "
-                     f"{row['one_chip_s']:.2f} | {row['side_by_side_s']:.2f} | {row['speedup']:.2f}x | {memory} | "
+                     f"{row['one_chip_s']:.2f} | {row['side_by_side_s']:.2f} | {row['speedup']:.2f}x | "
+                     f"{times(row.get('plain_batching_gain'))} | {memory} | "
                      f"{'yes' if row['same_table'] else 'NO'} | {row['automatic_chips_per_pass']} |")
+    lines += ["", "The plain model column: the plain layers the chips compute (from the first perturbed one on) reading "
+              "the chips' copies of the test images in one call against one call per chip -- what chips side by "
+              "side can gain on the products every chip computes. The random numbers do not batch (one per output "
+              "element, image and chip). With the convolutions perturbed, every chip computes the network from the "
+              "first convolution on, and that is all the gain there is."]
     lines += ["", "| scaling (MLP, automatic chips per pass): data | test images | chips | chip evaluations | seconds | "
               "ms per 1k images per chip evaluation |", "|---|---|---|---|---|---|"]
     for row in results["robustness_scaling"]:
@@ -393,6 +399,8 @@ def markdown(results: dict) -> str:
         lines += tiles.markdown(results["tiles"])
     if "lifetime" in results:
         lines += lifetime.markdown(results["lifetime"])
+    if "cnn_sensitivity" in results:
+        lines += sensitivity.markdown(results["cnn_sensitivity"])
     if "evaluation_cost" in results:
         lines += evaluation_cost.markdown(results["evaluation_cost"])
     s = results["sweep"]
@@ -417,7 +425,7 @@ PAGE_INTRO = """# Performance
 
 <!-- Written by `python -m benchmarks.run` from benchmarks/results/results.json; edit PAGE_INTRO in benchmarks/run.py. -->
 
-`python -m benchmarks.run` (about 25 minutes on 2 cores; `--quick` for a smoke run, which the test
+`python -m benchmarks.run` (about 30 minutes on 2 cores; `--quick` for a smoke run, which the test
 suite runs; `--only target_yield,pruning_signal` measures the sections named again and keeps the
 others) measures, in one process after warm-up, medians over repeats, what the hardware model costs
 against the plain Larq model. Every effect of the registry is measured at once and each alone, at
@@ -436,9 +444,13 @@ the middle level of its default curve.
 * **Sweep**: the cost of a trial outside training and clean evaluation, the pruning signal's cost
   per epoch, and resident memory across trials.
 * **Tiles**: the training step with every effect on 256-row crossbar tiles against the plain step,
-  and the target's 1,000 chips with tiles against the same target without them.
+  and the target's 1,000 chips with tiles against the same target without them; the lowest ratio
+  tiles could reach is the chips without tiles plus only the random numbers tiles add.
 * **Chips side by side**: a whole evaluation with the chips of a level in one pass against one
-  chip per pass, and whether the two give the same table (they must: bit for bit).
+  chip per pass, and whether the two give the same table (they must: bit for bit); beside it, what
+  the plain model itself gains from reading the chips' images in one call.
+* **Per-layer sensitivity** of the 1-bit CNN: every weighted layer perturbed alone at the target
+  hardware, default curves and the target's 1,000 chips, the whole run and each layer.
 * **The cost of one evaluation**: `evaluate_robustness` on 10 and on 200 chips, its fixed part and
   its per-chip part separately; a repeated evaluation reuses the copy a new one builds
   (`pipeline/evaluation/bench.py`).
@@ -448,6 +460,11 @@ the middle level of its default curve.
   the aihwkit source file of each in `benchmarks/peers.py`.
 
 """
+
+
+def times(ratio: float | None) -> str:
+    """``1.08x``, or ``-`` for a figure a kept earlier result does not have."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def performance_page(results: dict) -> str:
@@ -462,7 +479,7 @@ def write_reports(results: dict, output: Path, page: Path | None) -> None:
 
 
 SECTIONS = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
-            "robustness_scaling", "tiles", "lifetime", "evaluation_cost")
+            "robustness_scaling", "tiles", "lifetime", "cnn_sensitivity", "evaluation_cost")
 
 
 def kept_results(parser: argparse.ArgumentParser, output: Path, only: list[str], quick: bool) -> dict:
@@ -525,6 +542,7 @@ def main(argv=None) -> int:
                        ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick)),
                        ("tiles", lambda: tiles.tiles_costs(data, args.quick)),
                        ("lifetime", lambda: lifetime.lifetime_costs(data, args.quick)),
+                       ("cnn_sensitivity", lambda: sensitivity.sensitivity_costs(data, args.quick)),
                        ("evaluation_cost", lambda: evaluation_cost.evaluation_costs(data, args.quick)),
                        ("peers", lambda: peers.peer_costs(data, args.quick))):
         if (only and name not in only) or (not only and name in OPTIONAL_SECTIONS):

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from pipeline.config import RobustnessConfig, TrainConfig
 from pipeline.deploy.interpreter import median_seconds
-from pipeline.effects import KERNEL_EFFECTS, Effect, Sampling, Site
+from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Site
 from pipeline.effects.base import KernelEffect, standard_normal
 from pipeline.evaluation.bench import CompiledAccuracy
 from pipeline.evaluation.robustness import chips_side_by_side, condition_accuracies, model_targets
@@ -23,6 +23,7 @@ from pipeline.learning.training import compile_model, seed_everything
 from pipeline.perturbation import PerturbationConfig
 
 BATCH = 64  #: training batch of the step benchmarks (the default batch size)
+QUICK_GRIDS = {effect.name: effect.curve.grid[:: len(effect.curve.grid) - 1] for effect in EFFECTS}  #: a smoke run: each curve's ends
 
 
 def train_step_runner(model, images, labels, steps_per_round: int = 10):
@@ -45,6 +46,31 @@ def hardware_aware_model(config, levels: PerturbationConfig | None):
     seed_everything(0)
     model = build_model(config)
     return model if levels is None else attach_hardware(model, levels, levels.targets(config), train_seed=0)
+
+
+def batching_gain(model: tf.keras.Model, targets: tuple[str, ...], images: np.ndarray, chips: int, rounds: int) -> float:
+    """How much faster the plain layers the chips compute -- ``model``'s from the first of ``targets`` on,
+    reading what the layers before it give once per image -- read ``chips`` copies of ``images`` in one
+    call than in ``chips`` calls (interleaved medians): the most chips side by side can gain on the
+    products every chip computes, before any random number."""
+    first = next(index for index, layer in enumerate(model.layers) if layer.name in targets)
+    features = tf.constant(images, tf.float32)
+    for layer in model.layers[:first]:
+        features = layer(features, training=False)
+    suffix = model.layers[first:]
+
+    @tf.function(autograph=False)
+    def forward(batch):
+        for layer in suffix:
+            batch = layer(batch, training=False)
+        return batch
+
+    stacked = tf.tile(features, [chips] + [1] * (features.shape.rank - 1))
+    runners = {"apart": lambda: [forward(features).numpy() for _ in range(chips)], "together": lambda: forward(stacked).numpy()}
+    for run in runners.values():
+        run()  # warm-up: the traces
+    seconds = interleaved_seconds(runners, rounds, steps_per_round=1)
+    return seconds["apart"] / seconds["together"]
 
 
 def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -> dict[str, float]:

@@ -38,6 +38,7 @@ class SensitivityResult:
     ranking: pd.DataFrame  #: one row per layer, most sensitive first
     clean_accuracy: float
     seconds: float
+    layer_seconds: dict[str, float]  #: each layer's evaluation (its copy, curves and target chips)
 
     def metrics(self) -> dict[str, float]:
         """``sensitivity/<layer>/<effect>`` and ``..._drop``, and the target's interval and yield."""
@@ -58,11 +59,11 @@ def layer_sensitivity(model, data: PreparedData, config: RobustnessConfig, layer
     (default: the layers the target hardware perturbs)."""
     started = time.perf_counter()
     layers = tuple(layers or model_targets(model, config.target.perturb_layers))
-    rows, clean = [], None
+    rows, clean, layer_seconds = [], None, {}
     for index, layer in enumerate(layers, start=1):
         alone = dataclasses.replace(config, target=config.target.replace(perturb_layers=layer))
         result = evaluate_robustness(model, data, alone, progress=None, over_time=False)
-        clean = result.clean_accuracy
+        clean, layer_seconds[layer] = result.clean_accuracy, result.seconds
         for effect in EFFECT_NAMES:
             accuracy = result.summaries[f"robust_auc_{effect}"]
             rows.append({"layer": layer, "effect": effect, "accuracy": accuracy, "drop": clean - accuracy})
@@ -74,7 +75,7 @@ def layer_sensitivity(model, data: PreparedData, config: RobustnessConfig, layer
             progress(f"[sensitivity] {index}/{len(layers)} {layer}: target accuracy {100 * summaries['robust_acc_target']:.2f}% "
                      f"(drop {100 * (clean - summaries['robust_acc_target']):.2f} points), {result.seconds:.1f} s")
     table = pd.DataFrame(rows)
-    return SensitivityResult(table, ranking(table), clean, time.perf_counter() - started)
+    return SensitivityResult(table, ranking(table), clean, time.perf_counter() - started, layer_seconds)
 
 
 def ranking(table: pd.DataFrame) -> pd.DataFrame:
