@@ -335,6 +335,32 @@ def machine() -> dict:
             "tensorflow": tf.__version__, "platform": platform.platform()}
 
 
+def side_by_side_markdown(side_by_side: list[dict], scaling: list[dict]) -> list[str]:
+    """The whole evaluations one chip per pass and side by side, and how an evaluation scales with chips."""
+    lines = []
+    lines += ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
+              "| speedup | plain model, chips' images in one call | peak memory added, one chip / side by side | same table "
+              "| automatic chips per pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in side_by_side:
+        memory = ("-" if row["one_chip_peak_mb_added"] is None
+                  else f"{row['one_chip_peak_mb_added']:,.0f} MB / {row['side_by_side_peak_mb_added']:,.0f} MB")
+        lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['data']} ({row['test_images']:,} test images) | {row['chips']} | "
+                     f"{row['one_chip_s']:.2f} | {row['side_by_side_s']:.2f} | {row['speedup']:.2f}x | "
+                     f"{times(row.get('plain_batching_gain'))} | {memory} | "
+                     f"{'yes' if row['same_table'] else 'NO'} | {row['automatic_chips_per_pass']} |")
+    lines += ["", "The plain model column: the plain layers the chips compute (from the first perturbed one on) reading "
+              "the chips' copies of the test images in one call against one call per chip -- what chips side by "
+              "side can gain on the products every chip computes. The random numbers do not batch (one per output "
+              "element, image and chip). With the convolutions perturbed, every chip computes the network from the "
+              "first convolution on, and that is all the gain there is."]
+    lines += ["", "| scaling (MLP, automatic chips per pass): data | test images | chips | chip evaluations | seconds | "
+              "ms per 1k images per chip evaluation |", "|---|---|---|---|---|---|"]
+    for row in scaling:
+        lines.append(f"| {row['data']} | {row['test_images']:,} | {row['chips']} | {row['chip_evaluations']} | {row['seconds']:.2f} | "
+                     f"{row['ms_per_1k_images_per_chip_evaluation']:.2f} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']['cores']} cores, {results['machine']['platform']}, TensorFlow "
              f"{results['machine']['tensorflow']}, {'quick' if results['quick'] else 'full'} run.", ""]
@@ -375,26 +401,7 @@ def markdown(results: dict) -> str:
                       f"({p['train_images']:,} training images) = **{100 * p['ratio']:.1f} %** of an epoch "
                       f"(goal <= {100 * results['targets']['pruning_signal']:.0f} %; the first epoch's, tracing included: "
                       f"{1000 * p['first_signal_s']:.0f} ms)."]
-    lines += ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
-              "| speedup | plain model, chips' images in one call | peak memory added, one chip / side by side | same table "
-              "| automatic chips per pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in results["chips_side_by_side"]:
-        memory = ("-" if row["one_chip_peak_mb_added"] is None
-                  else f"{row['one_chip_peak_mb_added']:,.0f} MB / {row['side_by_side_peak_mb_added']:,.0f} MB")
-        lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['data']} ({row['test_images']:,} test images) | {row['chips']} | "
-                     f"{row['one_chip_s']:.2f} | {row['side_by_side_s']:.2f} | {row['speedup']:.2f}x | "
-                     f"{times(row.get('plain_batching_gain'))} | {memory} | "
-                     f"{'yes' if row['same_table'] else 'NO'} | {row['automatic_chips_per_pass']} |")
-    lines += ["", "The plain model column: the plain layers the chips compute (from the first perturbed one on) reading "
-              "the chips' copies of the test images in one call against one call per chip -- what chips side by "
-              "side can gain on the products every chip computes. The random numbers do not batch (one per output "
-              "element, image and chip). With the convolutions perturbed, every chip computes the network from the "
-              "first convolution on, and that is all the gain there is."]
-    lines += ["", "| scaling (MLP, automatic chips per pass): data | test images | chips | chip evaluations | seconds | "
-              "ms per 1k images per chip evaluation |", "|---|---|---|---|---|---|"]
-    for row in results["robustness_scaling"]:
-        lines.append(f"| {row['data']} | {row['test_images']:,} | {row['chips']} | {row['chip_evaluations']} | {row['seconds']:.2f} | "
-                     f"{row['ms_per_1k_images_per_chip_evaluation']:.2f} |")
+    lines += side_by_side_markdown(results["chips_side_by_side"], results["robustness_scaling"])
     if "tiles" in results:
         lines += tiles.markdown(results["tiles"])
     if "lifetime" in results:
