@@ -76,10 +76,11 @@ def tiles_targets(data, quick: bool) -> list[dict]:
 
 
 def lowest_ratio(tiles_s: float, without_s: float, tiles_draws_s: float, without_draws_s: float) -> float:
-    """The lowest with / without ratio tiles could reach: the chips without tiles as measured, plus only
-    the random numbers tiles add (each tile's own output noise: physics, not overhead). Everything else
-    tiles compute -- the same products, split by rows, and more partial sums for the output effects --
-    costs at least what it costs without them."""
+    """A lower bound on the with / without ratio, under two assumptions: the random numbers add to the
+    rest of the time (timed alone, one chip per call), and everything else tiles compute -- the same
+    products, split by rows, and more partial sums for the output effects -- costs at least what it
+    costs without them. It is the chips without tiles as measured plus only the random numbers tiles
+    add (each tile's own output noise: physics, not overhead)."""
     return (without_s + max(tiles_draws_s - without_draws_s, 0.0)) / without_s
 
 
@@ -99,9 +100,10 @@ def markdown(result: dict) -> list[str]:
         lines.append(f"| {row['target']} | `{row['levels']}` | {row['chips']:,} | {row['chips_per_pass']} | {row['tiles_s']:.1f} | "
                      f"{row['without_s']:.1f} | {row['ratio']:.2f}x | {row['tiles_draws_s']:.1f} / {row['without_draws_s']:.1f} | "
                      f"{row['beyond_draws_ratio']:.2f}x | " + ("-" if "lowest_ratio" not in row else f"{row['lowest_ratio']:.2f}x") + " |")
-    lines += ["", "The RNG floor ratio of the step is the plain step plus the random draws the tiles' effects need "
-              "per step, over the plain step. The lowest possible ratio of a target is the chips without tiles "
-              "as measured plus only the random numbers tiles add (every tile's own output noise, per image and "
-              "chip), over the chips without tiles. Where either is above its target, no implementation with "
-              "this generator can meet the target."]
+    lines += ["", "The RNG floor ratio of the step is the plain step plus the random draws the tiles' effects make "
+              "per step (as this implementation draws them), over the plain step. The lowest possible ratio of a "
+              "target is the chips without tiles as measured plus only the random numbers tiles add (every tile's "
+              "own output noise, per image and chip), over the chips without tiles: a lower bound if the random "
+              "numbers add to the rest (they are timed alone) and nothing else gets cheaper with tiles. Both come "
+              "from one run."]
     return lines

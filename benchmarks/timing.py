@@ -51,8 +51,9 @@ def hardware_aware_model(config, levels: PerturbationConfig | None):
 def batching_gain(model: tf.keras.Model, targets: tuple[str, ...], images: np.ndarray, chips: int, rounds: int) -> float:
     """How much faster the plain layers the chips compute -- ``model``'s from the first of ``targets`` on,
     reading what the layers before it give once per image -- read ``chips`` copies of ``images`` in one
-    call than in ``chips`` calls (interleaved medians): the most chips side by side can gain on the
-    products every chip computes, before any random number."""
+    call than in ``chips`` calls (interleaved medians), with their one shared kernel: what a larger
+    batch alone gains those products. Context for chips side by side, not a bound: a pass of chips
+    also programs them together and shares every call's fixed cost."""
     first = next(index for index, layer in enumerate(model.layers) if layer.name in targets)
     features = tf.constant(images, tf.float32)
     for layer in model.layers[:first]:

@@ -32,7 +32,7 @@ def test_every_layer_alone_on_every_kind_of_model(tiny_data, arch, bits):
     layers = list(config.quantized_layer_names)  # perturb_layers=all: every dense and convolution layer
     assert list(dict.fromkeys(result.table.layer)) == layers
     assert len(result.table) == len(layers) * (len(EFFECT_NAMES) + 1)
-    assert list(result.layer_seconds) == layers and result.seconds >= sum(result.layer_seconds.values()) > 0
+    assert list(result.layer_seconds) == layers and all(seconds > 0 for seconds in result.layer_seconds.values())
     assert (result.table["drop"] == result.clean_accuracy - result.table["accuracy"]).all()
     target = result.table[result.table.effect == "target"].set_index("layer")
     assert list(result.ranking.layer) == list(target["drop"].sort_values(ascending=False, kind="stable").index)
