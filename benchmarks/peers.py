@@ -284,10 +284,11 @@ def training_lines(result: dict) -> list[str]:
     return lines
 
 
-NEW_COPY = ("Ours on a new copy is the process's first evaluation of this architecture: it builds two copies (the curves' "
-            "pass of 5 chips and the target's of 10), calibrates them and traces their compiled accuracy (the fixed part, "
-            "see the cost of one evaluation above); aihwkit runs eagerly and traces nothing. Every later evaluation of the "
-            "architecture (a sweep's next trial, a model evaluated again) reuses the copies: the second figure.")
+NEW_COPY = ("Ours on a new copy is the process's first evaluation of this architecture: it builds one copy (the curves' "
+            "pass of 5 chips, in whose passes the target's chips are read too), calibrates it and traces its compiled "
+            "accuracy (the fixed part, see the cost of one evaluation above); aihwkit runs eagerly and traces nothing. Every "
+            "later evaluation of the architecture (a sweep's next trial, a model evaluated again) reuses the copy: the "
+            "second figure.")
 UNMATCHED = ("Not matched, and why: relative output noise (ours scales with the RMS of each example's clean output; aihwkit "
              "has no such mode, so the comparison uses our absolute mode); aihwkit's own PCM programming noise (additive in "
              "conductance with a polynomial std: `inference/noise/pcm.py`) is not our definition, hence the benchmark's noise "

@@ -221,7 +221,8 @@ class RobustnessConfig:
     """Chips evaluated side by side in one forward pass: the same numbers as one at a time, fewer
     and larger calls; activations of ``batch_size * chips_per_pass`` images in memory. 0 = automatic:
     the chips of a level side by side, in passes of at most 10, when the layers from the first
-    perturbed one on are dense (measured faster; the plain layers before it run once for all chips);
+    perturbed one on are dense (measured faster; the plain layers before it run once for all chips),
+    the target's chips in the curves' passes when those hold at least 5 (no second copy);
     one at a time when a convolution is among them (it runs once per chip either way, with P times the memory)."""
     drift_times: tuple[float, ...] = DRIFT_TIMES
     """With a target that drifts (its drift_time_s > 0): the times after programming, seconds, at which

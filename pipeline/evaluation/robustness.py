@@ -24,8 +24,9 @@ Levels and chips are variables: the whole grid runs through one traced function 
 The plain layers before the first perturbed one compute the same for every chip: they run once per
 image, and the chips start from their output (:mod:`pipeline.evaluation.bench`). Several chips
 share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: the chips of a level in
-passes of at most 10 when the layers from the first perturbed one on are dense): the table is the
-same, bit for bit, as one chip per pass; the calls are fewer and larger.
+passes of at most 10 when the layers from the first perturbed one on are dense; the target's
+chips in the curves' passes when those have at least 5, which saves building a second copy): the
+table is the same, bit for bit, as one chip per pass; the calls are fewer and larger.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ from pipeline.hwmodel.chips import (
 )
 
 MAX_CHIPS_PER_PASS = 10  #: automatic side by side: at most this many chips per pass (measured fastest: 5-10; memory: P kernels, P x batch activations)
+MIN_SHARED_PASS = 5  #: automatic: a larger target pass reads the curves' copy when it has at least this many chips per pass
+#: (as fast per chip: 500 target chips 1.7 % slower at 5 per pass than at 10, measured; a second copy costs about 1.5 s)
 PROGRESS_CHIPS = 200  #: a condition of at least this many chips reports its progress
 
 
@@ -107,6 +110,12 @@ def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: 
     return -(-chips // passes)
 
 
+def reads_curves_copy(config: RobustnessConfig, built: int, wanted: int) -> bool:
+    """Whether the target's chips are read on the curves' copy (``built`` chips per pass) rather than on
+    a new copy of its own ``wanted``: automatic pass sizes and ``built`` at least :data:`MIN_SHARED_PASS`."""
+    return config.chips_per_pass == 0 and MIN_SHARED_PASS <= built < wanted
+
+
 def is_random(levels: PerturbationConfig) -> bool:
     """Whether any active effect of ``levels`` draws random numbers (else one chip says it all)."""
     return any(params.active and effect.sampling is not Sampling.DETERMINISTIC for effect, params in levels)
@@ -126,6 +135,8 @@ def evaluate_robustness(
     points = conditions(config)
     for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
         side_by_side = chips_side_by_side(model, targets, config, chips)
+        if chip_model is not None and reads_curves_copy(config, chips_per_pass(chip_model), side_by_side):
+            side_by_side = chips_per_pass(chip_model)
         if chip_model is None or chips_per_pass(chip_model) != side_by_side:  # the curves' copy serves the target when it can
             bench = chip_bench(model, config.target, targets, side_by_side, config.batch_size, data.images("val"))  # the target's tiles
             chip_model, accuracy, images = bench.model, bench.accuracy, bench.features(data.images("test"))

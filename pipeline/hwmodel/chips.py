@@ -149,13 +149,8 @@ class Calibration:
     def __init__(self, model: tf.keras.Model, batch_size: int = 1024):
         self.model, self.layers, self.batch_size = model, hardware_layers(model), batch_size
         if self.layers:
-            probe = layer_inputs(model)
-
-            def ranges(batch):
-                inputs = tf.nest.flatten(probe(batch, training=False))
-                return [layer.clean_partial_range(x) for layer, x in zip(self.layers, inputs)]
-
-            self._ranges = tf.function(ranges, autograph=False, reduce_retracing=True)
+            self._ranges = tf.function(lambda batch: [layer.clean_partial_range(x) for layer, x in zip(self.layers, layer_inputs(model, batch))],
+                                       autograph=False, reduce_retracing=True)
 
     def __call__(self, images: np.ndarray) -> dict[str, list[tuple[float, float]]]:
         if not self.layers:
@@ -176,16 +171,17 @@ class Calibration:
         return {layer.name: [(float(a), float(b)) for a, b in zip(lo, hi)] for layer, (lo, hi) in zip(self.layers, ranges)}
 
 
-def layer_inputs(model: tf.keras.Sequential) -> tf.keras.Model:
-    """A model giving what each hardware-aware layer of ``model`` reads, through ``model``'s own layer
-    order (whatever other models share its layers: a split copy's chips, :mod:`pipeline.evaluation.bench`)."""
-    inputs = tf.keras.Input(shape=model.input_shape[1:])
-    values, found = inputs, []
-    for layer in model.layers[: 1 + max(index for index, layer in enumerate(model.layers) if isinstance(layer, HardwareAwareMixin))]:
+def layer_inputs(model: tf.keras.Sequential, batch: tf.Tensor) -> list[tf.Tensor]:
+    """What each hardware-aware layer of ``model`` reads for ``batch`` (clean), through ``model``'s own
+    layer order (whatever other models share its layers: a split copy's chips,
+    :mod:`pipeline.evaluation.bench`), up to the last one's input: its output is not needed."""
+    last = max(index for index, layer in enumerate(model.layers) if isinstance(layer, HardwareAwareMixin))
+    values, found = batch, []
+    for layer in model.layers[:last]:
         if isinstance(layer, HardwareAwareMixin):
             found.append(values)
-        values = layer(values)
-    return tf.keras.Model(inputs, found)
+        values = layer(values, training=False)
+    return [*found, values]
 
 
 def needs_calibration(config: PerturbationConfig) -> bool:

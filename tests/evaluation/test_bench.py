@@ -81,9 +81,9 @@ def test_the_chips_start_after_the_plain_layers_with_the_numbers_of_the_whole_co
     config = RobustnessConfig(grids={effect.name: (effect.curve.grid[0],) for effect in EFFECTS}, target=target, target_chips=6)
     bench.BENCHES.clear()
     result = evaluate_robustness(model, tiny_data, config, progress=None, over_time=False)
-    used = bench.BENCHES[next(reversed(bench.BENCHES))]  # the target's (6 chips a pass)
+    (used,) = bench.BENCHES.values()  # the curves' copy (5 chips a pass) reads the target's 6 chips too
     assert used.prefix is not None and [layer.name for layer in used.model.layers][0] == "dense_1"
-    assert chips_per_pass(used.model) == 6  # side by side: only dense layers read chips
+    assert chips_per_pass(used.model) == 5  # side by side: only dense layers read chips
     images, labels = tiny_data.images("test"), tiny_data.labels("test")
     flat = tf.keras.Model(model.inputs, model.get_layer("flatten").output)(images, training=False).numpy()
     np.testing.assert_allclose(used.features(images), flat, rtol=1e-6, atol=1e-5)  # the plain layers' output (another graph: last bits)
@@ -116,3 +116,23 @@ def test_a_bench_left_evaluating_by_an_interruption_is_plain_again(tiny_data):
     pd.testing.assert_frame_equal(first.per_chip, again.per_chip)
     assert again.clean_accuracy == first.clean_accuracy
 
+
+
+def test_the_target_reads_the_curves_copy_when_their_passes_hold_5_chips(tiny_data):
+    """Curves of 5 chips (one pass of 5), a target of 12 (automatic: 2 passes of 6): one copy, the
+    target read in passes of 5 -- the numbers of its own copy, bit for bit."""
+    model = model_of(3)
+    shared = RobustnessConfig(grids=CONFIG.grids, chips=5, target_chips=12, target=CONFIG.target)
+    own = RobustnessConfig(grids=CONFIG.grids, chips=5, target_chips=12, target=CONFIG.target, chips_per_pass=6)
+    bench.BENCHES.clear()
+    result = evaluate_robustness(model, tiny_data, shared, progress=None)
+    assert [chips_per_pass(one.model) for one in bench.BENCHES.values()] == [5]
+    bench.BENCHES.clear()
+    apart = evaluate_robustness(model, tiny_data, own, progress=None)
+    assert sorted(chips_per_pass(one.model) for one in bench.BENCHES.values()) == [5, 6]
+    target = lambda table: table[table.effect == "target"].reset_index(drop=True)  # noqa: E731
+    assert len(target(result.per_chip)) == 12 and target(result.per_chip).equals(target(apart.per_chip))
+    bench.BENCHES.clear()
+    evaluate_robustness(model, tiny_data, RobustnessConfig(grids=CONFIG.grids, chips=4, target_chips=12, target=CONFIG.target),
+                        progress=None)
+    assert sorted(chips_per_pass(one.model) for one in bench.BENCHES.values()) == [4, 6]  # fewer than 5: a copy of its own
