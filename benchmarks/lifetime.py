@@ -35,7 +35,7 @@ def lifetime_costs(data, quick: bool) -> dict:
     target, accuracy_spec = load_target(ROOT / DRIFT_TARGET_FILE)
     chips = 100 if quick else 1000
     times = RobustnessConfig().drift_times
-    timed = TargetChips(model, target, accuracy_spec, chips, data)
+    timed = TargetChips(model, target, accuracy_spec, chips, data, over_time=True)  # the pass size of an evaluation with its lifetime
     one_read_s, _ = timed.seconds()
     with hardware_evaluation(timed.model, target, chip=0):
         started = time.perf_counter()

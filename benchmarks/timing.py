@@ -16,7 +16,7 @@ from pipeline.deploy.interpreter import median_seconds
 from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Site
 from pipeline.effects.base import KernelEffect, standard_normal
 from pipeline.evaluation.bench import CompiledAccuracy
-from pipeline.evaluation.robustness import chips_side_by_side, condition_accuracies, model_targets
+from pipeline.evaluation.robustness import condition_accuracies, model_targets, target_chips_per_pass
 from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers
 from pipeline.learning.models import build_model
 from pipeline.learning.training import compile_model, seed_everything
@@ -90,10 +90,11 @@ class TargetChips:
     (chips side by side, calibrated on the validation split), traced once; :meth:`seconds` times one
     evaluation of every chip, programming included."""
 
-    def __init__(self, model: tf.keras.Model, target: PerturbationConfig, accuracy_spec: float | None, chips: int, data):
+    def __init__(self, model: tf.keras.Model, target: PerturbationConfig, accuracy_spec: float | None, chips: int, data,
+                 over_time: bool = False):
         config = RobustnessConfig(target=target, target_chips=chips, accuracy_spec=accuracy_spec)
         targets = model_targets(model, target.perturb_layers)
-        self.target, self.chips, self.chips_per_pass = target, chips, chips_side_by_side(model, targets, config, chips)
+        self.target, self.chips, self.chips_per_pass = target, chips, target_chips_per_pass(model, targets, config, over_time)
         self.model = attach_hardware(model, target, targets, chips_per_pass=self.chips_per_pass)
         calibrate(self.model, data.images("val"))
         self.images, self.labels = data.images("test"), data.labels("test")

@@ -25,7 +25,8 @@ The plain layers before the first perturbed one compute the same for every chip:
 image, and the chips start from their output (:mod:`pipeline.evaluation.bench`). Several chips
 share one forward pass (``RobustnessConfig.chips_per_pass``; automatic: the chips of a level in
 passes of at most 10 when the layers from the first perturbed one on are dense; the target's
-chips in the curves' passes when those have at least 5, which saves building a second copy): the
+chips in the curves' passes when those have at least 5 and the target reads at most 5,000 chips,
+which saves building a second copy): the
 table is the same, bit for bit, as one chip per pass; the calls are fewer and larger.
 """
 
@@ -45,7 +46,7 @@ from pipeline.config import CHIP_SEED_STRIDE, RobustnessConfig
 from pipeline.learning.data import PreparedData
 from pipeline.effects import EFFECTS, Sampling
 from pipeline.perturbation import PerturbationConfig, curve_point
-from pipeline.evaluation.lifetime import Lifetime, over_time
+from pipeline.evaluation.lifetime import COMPENSATIONS, Lifetime, over_time
 from pipeline.evaluation.lifetime import describe as describe_lifetime
 from pipeline.evaluation.statistics import estimate_text, summarize
 from pipeline.evaluation.bench import CompiledAccuracy, chip_bench
@@ -63,7 +64,8 @@ from pipeline.hwmodel.chips import (
 
 MAX_CHIPS_PER_PASS = 10  #: automatic side by side: at most this many chips per pass (measured fastest: 5-10; memory: P kernels, P x batch activations)
 MIN_SHARED_PASS = 5  #: automatic: a larger target pass reads the curves' copy when it has at least this many chips per pass
-#: (as fast per chip: 500 target chips 1.7 % slower at 5 per pass than at 10, measured; a second copy costs about 1.5 s)
+MAX_SHARED_READS = 5000  #: ... and reads its chips at most this many times in all (chips x reads: 15 each with a lifetime):
+#: 5 per pass costs about 2 % more per chip read than 10 (500 chips: 5.27 vs 5.18 s, measured), ~0.2 ms; a second copy ~1.5 s once
 PROGRESS_CHIPS = 200  #: a condition of at least this many chips reports its progress
 
 
@@ -110,10 +112,20 @@ def chips_side_by_side(model: tf.keras.Model, targets: tuple[str, ...], config: 
     return -(-chips // passes)
 
 
-def reads_curves_copy(config: RobustnessConfig, built: int, wanted: int) -> bool:
+def target_chips_per_pass(model: tf.keras.Model, targets: tuple[str, ...], config: RobustnessConfig, over_time: bool) -> int:
+    """How many of the target's chips one pass reads, as :func:`evaluate_robustness` reads them: in the
+    curves' passes when :func:`reads_curves_copy`, else in its own."""
+    curves, wanted = (chips_side_by_side(model, targets, config, chips) for chips in (config.chips, config.target_chips))
+    return curves if reads_curves_copy(config, curves, wanted, over_time) else wanted
+
+
+def reads_curves_copy(config: RobustnessConfig, built: int, wanted: int, over_time: bool) -> bool:
     """Whether the target's chips are read on the curves' copy (``built`` chips per pass) rather than on
-    a new copy of its own ``wanted``: automatic pass sizes and ``built`` at least :data:`MIN_SHARED_PASS`."""
-    return config.chips_per_pass == 0 and MIN_SHARED_PASS <= built < wanted
+    a new copy of its own ``wanted``: automatic pass sizes, ``built`` at least :data:`MIN_SHARED_PASS`,
+    and at most :data:`MAX_SHARED_READS` chip reads (the target once, and at every time of a lifetime)."""
+    lifetime_reads = len(COMPENSATIONS) * len(config.drift_times) if over_time and config.target.drift_time_s > 0 else 0
+    reads = config.target_chips * (1 + lifetime_reads)
+    return config.chips_per_pass == 0 and MIN_SHARED_PASS <= built < wanted and reads <= MAX_SHARED_READS
 
 
 def is_random(levels: PerturbationConfig) -> bool:
@@ -134,9 +146,8 @@ def evaluate_robustness(
     rows, traces, clean, chip_model = [], 0, None, None
     points = conditions(config)
     for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
-        side_by_side = chips_side_by_side(model, targets, config, chips)
-        if chip_model is not None and reads_curves_copy(config, chips_per_pass(chip_model), side_by_side):
-            side_by_side = chips_per_pass(chip_model)
+        side_by_side = chips_side_by_side(model, targets, config, chips) if chip_model is None else target_chips_per_pass(model, targets, config,
+                                                                                                                        over_time)
         if chip_model is None or chips_per_pass(chip_model) != side_by_side:  # the curves' copy serves the target when it can
             bench = chip_bench(model, config.target, targets, side_by_side, config.batch_size, data.images("val"))  # the target's tiles
             chip_model, accuracy, images = bench.model, bench.accuracy, bench.features(data.images("test"))

@@ -92,12 +92,15 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
     (a model with ``chips_per_pass`` P: chips ``chip .. chip + P - 1``, or P given ids).
 
     The chip seed fixes every per-chip draw; per-pass effects are fresh per forward pass but
-    reproducible (each layer's pass counter restarts at 0). On exit inference is plain again.
+    reproducible (each layer's pass counter restarts at 0). On exit inference is plain again and
+    the pass counters are as they were: a model evaluated between training epochs (the sweep's
+    pruning signal) keeps drawing fresh training noise, never the previous epoch's again.
     """
     layers = hardware_layers(model)
     chips = chip_ids(model, chip)
     for layer in layers:
         layer.check_hardware(config)
+    counters = [int(layer.hardware_state.calls.numpy()) for layer in layers]
     try:
         for layer in layers:
             state = layer.hardware_state
@@ -109,6 +112,8 @@ def hardware_evaluation(model: tf.keras.Model, config: PerturbationConfig, chip:
         yield
     finally:
         end_evaluation(model)
+        for layer, calls in zip(layers, counters):
+            layer.hardware_state.calls.assign(calls)
 
 
 def end_evaluation(model: tf.keras.Model) -> None:

@@ -1,5 +1,7 @@
 """The evaluation bench: a repeated evaluation reuses the copy, with the numbers of a new one."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,7 @@ import tensorflow as tf
 
 from pipeline.config import ModelConfig, RobustnessConfig
 from pipeline.effects import EFFECTS
-from pipeline.evaluation import bench
+from pipeline.evaluation import bench, robustness
 from pipeline.evaluation.robustness import evaluate_robustness
 from pipeline.hwmodel.chips import chips_per_pass
 from pipeline.learning.models import build_model
@@ -136,3 +138,13 @@ def test_the_target_reads_the_curves_copy_when_their_passes_hold_5_chips(tiny_da
     evaluate_robustness(model, tiny_data, RobustnessConfig(grids=CONFIG.grids, chips=4, target_chips=12, target=CONFIG.target),
                         progress=None)
     assert sorted(chips_per_pass(one.model) for one in bench.BENCHES.values()) == [4, 6]  # fewer than 5: a copy of its own
+
+
+def test_a_target_read_over_a_lifetime_of_many_chips_keeps_a_copy_of_its_own(tiny_data):
+    """Chips read at 7 times x 2 compensations: 400 chips are 6,000 reads, more than a second copy saves."""
+    drifting = CONFIG.target.replace(drift_time_s=3600.0)
+    config = RobustnessConfig(grids=CONFIG.grids, chips=5, target_chips=400, target=drifting)
+    wanted = 10  # automatic: 40 passes of 10
+    assert not robustness.reads_curves_copy(config, 5, wanted, over_time=True)
+    assert robustness.reads_curves_copy(config, 5, wanted, over_time=False)  # 400 reads
+    assert robustness.reads_curves_copy(dataclasses.replace(config, target_chips=300), 5, wanted, over_time=True)  # 4,500 reads

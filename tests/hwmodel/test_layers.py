@@ -258,3 +258,20 @@ def test_documented_hardware_table_is_the_registry():
     """docs/hardware-model.md's table is generated from the registry (``python -m pipeline.effects``): they cannot drift."""
     page = (PROJECT_ROOT / "docs" / "hardware-model.md").read_text()
     assert markdown_table() in page
+
+
+def test_an_evaluation_between_training_steps_leaves_the_training_noise_stream_as_it_was():
+    """The sweep's pruning signal evaluates the model being trained: afterwards its training steps keep
+    drawing fresh noise (the pass counter restored), not the draws of steps already taken."""
+    noisy = PerturbationConfig(noise_sigma=0.5, weight_dev_pct=20, noise_mode="relative")
+    images = tf.constant(IMAGES[:64])
+    plain_run, evaluated_run = hardware_model(config=noisy, seed=4), hardware_model(config=noisy, seed=4)
+    expected = [plain_run(images, training=True).numpy() for _ in range(2)]
+    first = evaluated_run(images, training=True).numpy()
+    with hardware_evaluation(evaluated_run, noisy, chip=3):
+        for _ in range(3):
+            evaluated_run(images, training=False)
+    second = evaluated_run(images, training=True).numpy()
+    np.testing.assert_array_equal(first, expected[0])
+    np.testing.assert_array_equal(second, expected[1])  # the step after the evaluation: as if none had happened
+    assert not np.array_equal(first, second)
