@@ -16,7 +16,7 @@ from pathlib import Path
 import pipeline  # noqa: F401
 
 from pipeline.config import ModelConfig, RobustnessConfig
-from pipeline.evaluation.lifetime import COMPENSATIONS, over_time
+from pipeline.evaluation.lifetime import COMPENSATIONS, lifetime_reads, over_time
 from pipeline.hwmodel.chips import hardware_evaluation
 from pipeline.learning.models import build_model
 from pipeline.learning.training import seed_everything
@@ -42,7 +42,7 @@ def lifetime_costs(data, quick: bool) -> dict:
         result = over_time(timed.model, timed.accuracy, target, times, chips, 0, timed.images, timed.labels, accuracy_spec, 0.9,
                            progress=None)
         grid_s = time.perf_counter() - started
-    reads = len(times) * len(COMPENSATIONS)
+    reads = lifetime_reads(times)
     draws_s = chip_draw_seconds(timed.model, target, len(timed.labels), quick) * chips
     return {"target": target.label, "chips": chips, "times": len(times), "reads": reads, "one_read_s": one_read_s,
             "grid_s": grid_s, "bound_s": reads * one_read_s, "ratio_to_bound": grid_s / (reads * one_read_s),

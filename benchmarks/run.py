@@ -42,8 +42,8 @@ from pipeline.evaluation.robustness import (
 from pipeline.learning.training import compile_model, seed_everything
 
 from benchmarks import evaluation_cost, lifetime, peers, sensitivity, tiles
-from benchmarks.timing import (BATCH, QUICK_GRIDS, TargetChips, batching_gain, chip_draw_seconds, draw_seconds, gaussians_at_outputs, hardware_aware_model,
-                               interleaved_seconds, train_step_runner, training_draws)
+from benchmarks.timing import (BATCH, QUICK_GRIDS, TargetChips, batching_gain, chip_draw_seconds, draw_seconds, gaussians_at_outputs,
+                               hardware_aware_model, interleaved_seconds, ratio_text, train_step_runner, training_draws)
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
            "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS, **lifetime.TARGETS, **sensitivity.TARGETS,
@@ -337,8 +337,7 @@ def machine() -> dict:
 
 def side_by_side_markdown(side_by_side: list[dict], scaling: list[dict]) -> list[str]:
     """The whole evaluations one chip per pass and side by side, and how an evaluation scales with chips."""
-    lines = []
-    lines += ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
+    lines = ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
               "| speedup | plain layers, chips' images in one call | peak memory added, one chip / side by side | same table "
               "| automatic chips per pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in side_by_side:
@@ -346,7 +345,7 @@ def side_by_side_markdown(side_by_side: list[dict], scaling: list[dict]) -> list
                   else f"{row['one_chip_peak_mb_added']:,.0f} MB / {row['side_by_side_peak_mb_added']:,.0f} MB")
         lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['data']} ({row['test_images']:,} test images) | {row['chips']} | "
                      f"{row['one_chip_s']:.2f} | {row['side_by_side_s']:.2f} | {row['speedup']:.2f}x | "
-                     f"{times(row.get('plain_batching_gain'))} | {memory} | "
+                     f"{ratio_text(row.get('plain_batching_gain'))} | {memory} | "
                      f"{'yes' if row['same_table'] else 'NO'} | {row['automatic_chips_per_pass']} |")
     lines += ["", "The plain model column is context, not a bound: the plain layers the chips compute (from the first "
               "perturbed one on, one shared kernel) reading the chips' copies of the test images in one call against "
@@ -468,11 +467,6 @@ the middle level of its default curve.
   the aihwkit source file of each in `benchmarks/peers.py`.
 
 """
-
-
-def times(ratio: float | None) -> str:
-    """``1.08x``, or ``-`` for a figure a kept earlier result does not have."""
-    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def performance_page(results: dict) -> str:

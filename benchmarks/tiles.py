@@ -19,7 +19,7 @@ from pipeline.learning.models import build_model
 from pipeline.learning.training import seed_everything
 from pipeline.perturbation import TARGET_HARDWARE_FILE, load_target, typical_hardware
 
-from benchmarks.timing import (BATCH, TargetChips, chip_draw_seconds, draw_seconds, hardware_aware_model, interleaved_seconds,
+from benchmarks.timing import (BATCH, TargetChips, ratio_text, chip_draw_seconds, draw_seconds, hardware_aware_model, interleaved_seconds,
                                train_step_runner, training_draws)
 
 TILE_ROWS = 256
@@ -99,7 +99,7 @@ def markdown(result: dict) -> list[str]:
     for row in result["targets"]:
         lines.append(f"| {row['target']} | `{row['levels']}` | {row['chips']:,} | {row['chips_per_pass']} | {row['tiles_s']:.1f} | "
                      f"{row['without_s']:.1f} | {row['ratio']:.2f}x | {row['tiles_draws_s']:.1f} / {row['without_draws_s']:.1f} | "
-                     f"{row['beyond_draws_ratio']:.2f}x | " + ("-" if "lowest_ratio" not in row else f"{row['lowest_ratio']:.2f}x") + " |")
+                     f"{row['beyond_draws_ratio']:.2f}x | {ratio_text(row.get('lowest_ratio'))} |")
     lines += ["", "The RNG floor ratio of the step is the plain step plus the random draws the tiles' effects make "
               "per step (as this implementation draws them), over the plain step. The lowest possible ratio of a "
               "target is the chips without tiles as measured plus only the random numbers tiles add (every tile's "

@@ -74,6 +74,11 @@ def batching_gain(model: tf.keras.Model, targets: tuple[str, ...], images: np.nd
     return seconds["apart"] / seconds["together"]
 
 
+def ratio_text(ratio: float | None) -> str:
+    """``1.08x``, or ``-`` for a figure a kept earlier result does not have."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -> dict[str, float]:
     """Median seconds per step of each runner, rounds interleaved so that drift hits all alike."""
     times = {name: [] for name in runners}

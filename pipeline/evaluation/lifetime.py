@@ -47,6 +47,11 @@ class Lifetime:
                 **{f"robust_lifetime_s_{mode}": value for mode, value in self.lifetimes.items()}}
 
 
+def lifetime_reads(times: Sequence[float]) -> int:
+    """How many times the grid reads each chip: every time, without and with compensation."""
+    return len(times) * len(COMPENSATIONS)
+
+
 def lifetime(curve: pd.DataFrame, lifetime_yield: float) -> float:
     """The longest ``time_s`` of ``curve`` (sorted by time) up to which every ``yield_low`` is at least ``lifetime_yield``."""
     lasting = 0.0

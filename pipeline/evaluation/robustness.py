@@ -46,7 +46,7 @@ from pipeline.config import CHIP_SEED_STRIDE, RobustnessConfig
 from pipeline.learning.data import PreparedData
 from pipeline.effects import EFFECTS, Sampling
 from pipeline.perturbation import PerturbationConfig, curve_point
-from pipeline.evaluation.lifetime import COMPENSATIONS, Lifetime, over_time
+from pipeline.evaluation.lifetime import Lifetime, lifetime_reads, over_time
 from pipeline.evaluation.lifetime import describe as describe_lifetime
 from pipeline.evaluation.statistics import estimate_text, summarize
 from pipeline.evaluation.bench import CompiledAccuracy, chip_bench
@@ -123,8 +123,7 @@ def reads_curves_copy(config: RobustnessConfig, built: int, wanted: int, over_ti
     """Whether the target's chips are read on the curves' copy (``built`` chips per pass) rather than on
     a new copy of its own ``wanted``: automatic pass sizes, ``built`` at least :data:`MIN_SHARED_PASS`,
     and at most :data:`MAX_SHARED_READS` chip reads (the target once, and at every time of a lifetime)."""
-    lifetime_reads = len(COMPENSATIONS) * len(config.drift_times) if over_time and config.target.drift_time_s > 0 else 0
-    reads = config.target_chips * (1 + lifetime_reads)
+    reads = config.target_chips * (1 + (lifetime_reads(config.drift_times) if over_time and config.target.drift_time_s > 0 else 0))
     return config.chips_per_pass == 0 and MIN_SHARED_PASS <= built < wanted and reads <= MAX_SHARED_READS
 
 
@@ -145,9 +144,8 @@ def evaluate_robustness(
     first_chip = config.seed * CHIP_SEED_STRIDE
     rows, traces, clean, chip_model = [], 0, None, None
     points = conditions(config)
-    for chips, conditions_of_pass in ((config.chips, points[:-1]), (config.target_chips, points[-1:])):
-        side_by_side = chips_side_by_side(model, targets, config, chips) if chip_model is None else target_chips_per_pass(model, targets, config,
-                                                                                                                        over_time)
+    passes = (chips_side_by_side(model, targets, config, config.chips), target_chips_per_pass(model, targets, config, over_time))
+    for chips, conditions_of_pass, side_by_side in ((config.chips, points[:-1], passes[0]), (config.target_chips, points[-1:], passes[1])):
         if chip_model is None or chips_per_pass(chip_model) != side_by_side:  # the curves' copy serves the target when it can
             bench = chip_bench(model, config.target, targets, side_by_side, config.batch_size, data.images("val"))  # the target's tiles
             chip_model, accuracy, images = bench.model, bench.accuracy, bench.features(data.images("test"))
