@@ -41,13 +41,13 @@ from pipeline.evaluation.robustness import (
 )
 from pipeline.learning.training import compile_model, seed_everything
 
-from benchmarks import evaluation_cost, lifetime, peers, sensitivity, tiles
+from benchmarks import evaluation_cost, lifetime, peers, sensitivity, side_by_side, tiles
 from benchmarks.timing import (BATCH, QUICK_GRIDS, TargetChips, batching_gain, chip_draw_seconds, draw_seconds, gaussians_at_outputs,
                                hardware_aware_model, interleaved_seconds, ratio_text, train_step_runner, training_draws)
 
 TARGETS = {"training_overhead": 1.15, "robust_eval_throughput": 0.8, "outside_fit_eval_s": 1.5, "memory_growth": 0.10,
            "target_yield_s": 10.0, "pruning_signal": 0.10, **tiles.TARGETS, **lifetime.TARGETS, **sensitivity.TARGETS,
-           **evaluation_cost.TARGETS}
+           **evaluation_cost.TARGETS, **side_by_side.TARGETS}
 ALL_EFFECTS = typical_hardware()  #: every effect of the registry at once, each at the middle of its curve
 ONE_EFFECT = {effect.name: curve_point(effect, ALL_EFFECTS.parameters()[effect.curve.parameter]) for effect in EFFECTS}
 
@@ -402,6 +402,8 @@ def markdown(results: dict) -> str:
                       f"(goal <= {100 * results['targets']['pruning_signal']:.0f} %; the first epoch's, tracing included: "
                       f"{1000 * p['first_signal_s']:.0f} ms)."]
     lines += side_by_side_markdown(results["chips_side_by_side"], results["robustness_scaling"])
+    if "side_by_side_limit" in results:
+        lines += side_by_side.markdown(results["side_by_side_limit"])
     if "tiles" in results:
         lines += tiles.markdown(results["tiles"])
     if "lifetime" in results:
@@ -456,6 +458,9 @@ the middle level of its default curve.
 * **Chips side by side**: a whole evaluation with the chips of a level in one pass against one
   chip per pass, and whether the two give the same table (they must: bit for bit); beside it, what
   the plain model itself gains from reading the chips' images in one call.
+* **Side by side, its limit**: the target's chips (MLP and CNN, the hidden layers or every layer
+  perturbed) one per pass against 5 per pass, and the highest speed-up side by side can reach: one
+  chip per pass over a floor of one chip's random numbers plus its share of the plain layers' forward.
 * **Per-layer sensitivity** of the 1-bit CNN: every weighted layer perturbed alone at the target
   hardware, default curves and the target's 1,000 chips, the whole run and each layer.
 * **The cost of one evaluation**: `evaluate_robustness` on 10 and on 200 chips, its fixed part and
@@ -481,7 +486,7 @@ def write_reports(results: dict, output: Path, page: Path | None) -> None:
 
 
 SECTIONS = ("training_overhead", "robustness_throughput", "target_yield", "pruning_signal", "sweep", "chips_side_by_side",
-            "robustness_scaling", "tiles", "lifetime", "cnn_sensitivity", "evaluation_cost")
+            "robustness_scaling", "side_by_side_limit", "tiles", "lifetime", "cnn_sensitivity", "evaluation_cost")
 
 
 def kept_results(parser: argparse.ArgumentParser, output: Path, only: list[str], quick: bool) -> dict:
@@ -542,6 +547,7 @@ def main(argv=None) -> int:
                        ("sweep", lambda: sweep_costs(args.quick, output)),  # before the CNN side by side's memory peak
                        ("chips_side_by_side", lambda: side_by_side_evaluations(data, fashion, args.quick)),
                        ("robustness_scaling", lambda: robustness_scaling(data, fashion, args.quick)),
+                       ("side_by_side_limit", lambda: side_by_side.limit_costs(data, args.quick)),
                        ("tiles", lambda: tiles.tiles_costs(data, args.quick)),
                        ("lifetime", lambda: lifetime.lifetime_costs(data, args.quick)),
                        ("cnn_sensitivity", lambda: sensitivity.sensitivity_costs(data, args.quick)),

@@ -48,12 +48,11 @@ def hardware_aware_model(config, levels: PerturbationConfig | None):
     return model if levels is None else attach_hardware(model, levels, levels.targets(config), train_seed=0)
 
 
-def batching_gain(model: tf.keras.Model, targets: tuple[str, ...], images: np.ndarray, chips: int, rounds: int) -> float:
-    """How much faster the plain layers the chips compute -- ``model``'s from the first of ``targets`` on,
-    reading what the layers before it give once per image -- read ``chips`` copies of ``images`` in one
-    call than in ``chips`` calls (interleaved medians), with their one shared kernel: what a larger
-    batch alone gains those products. Context for chips side by side, not a bound: a pass of chips
-    also programs them together and shares every call's fixed cost."""
+def plain_chip_seconds(model: tf.keras.Model, targets: tuple[str, ...], images: np.ndarray, chips: int,
+                       rounds: int) -> dict[str, float]:
+    """Seconds of the plain layers the chips compute -- ``model``'s from the first of ``targets`` on,
+    reading what the layers before it give once per image -- on ``chips`` copies of ``images``:
+    ``apart`` in ``chips`` calls, ``together`` in one call (interleaved medians), one shared kernel."""
     first = next(index for index, layer in enumerate(model.layers) if layer.name in targets)
     features = tf.constant(images, tf.float32)
     for layer in model.layers[:first]:
@@ -70,7 +69,15 @@ def batching_gain(model: tf.keras.Model, targets: tuple[str, ...], images: np.nd
     runners = {"apart": lambda: [forward(features).numpy() for _ in range(chips)], "together": lambda: forward(stacked).numpy()}
     for run in runners.values():
         run()  # warm-up: the traces
-    seconds = interleaved_seconds(runners, rounds, steps_per_round=1)
+    return interleaved_seconds(runners, rounds, steps_per_round=1)
+
+
+def batching_gain(model: tf.keras.Model, targets: tuple[str, ...], images: np.ndarray, chips: int, rounds: int) -> float:
+    """How much faster the plain layers the chips compute read ``chips`` copies of ``images`` in one
+    call than in ``chips`` calls: what a larger batch alone gains those products. Context for chips
+    side by side, not a bound: a pass of chips also programs them together and shares every call's
+    fixed cost."""
+    seconds = plain_chip_seconds(model, targets, images, chips, rounds)
     return seconds["apart"] / seconds["together"]
 
 
@@ -96,10 +103,11 @@ class TargetChips:
     evaluation of every chip, programming included."""
 
     def __init__(self, model: tf.keras.Model, target: PerturbationConfig, accuracy_spec: float | None, chips: int, data,
-                 over_time: bool = False):
+                 over_time: bool = False, chips_per_pass: int | None = None):
         config = RobustnessConfig(target=target, target_chips=chips, accuracy_spec=accuracy_spec)
         targets = model_targets(model, target.perturb_layers)
-        self.target, self.chips, self.chips_per_pass = target, chips, target_chips_per_pass(model, targets, config, over_time)
+        self.target, self.chips = target, chips
+        self.chips_per_pass = chips_per_pass or target_chips_per_pass(model, targets, config, over_time)
         self.model = attach_hardware(model, target, targets, chips_per_pass=self.chips_per_pass)
         calibrate(self.model, data.images("val"))
         self.images, self.labels = data.images("test"), data.labels("test")
@@ -119,10 +127,11 @@ class TargetChips:
 def chip_draw_seconds(chip_model, target: PerturbationConfig, images: int, quick: bool) -> float:
     """The random numbers of one chip at ``target``, drawn alone: every active per-chip kernel
     effect's draw for each perturbed kernel, and one N(0, 1) per output element of each random
-    per-pass output effect (the output noise) for every image and partial sum."""
+    per-pass output effect (the output noise) for every image, partial sum and output element (a
+    convolution's every position and channel)."""
     shapes = [(effect, tuple(layer.kernel.shape)) for layer in hardware_layers(chip_model) for effect, params in target
               if params.active and effect.site is Site.KERNEL]
-    outputs = [(images * layer.tiling.count, int(layer.kernel.shape[-1])) for layer in hardware_layers(chip_model)
+    outputs = [(images * layer.tiling.count, *layer.output_shape[1:]) for layer in hardware_layers(chip_model)
                for effect, params in target if params.active and effect.site is Site.OUTPUT and effect.sampling is Sampling.PER_PASS]
 
     @tf.function(autograph=False)

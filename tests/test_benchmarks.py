@@ -36,6 +36,13 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert {(row["model"], row["automatic_chips_per_pass"]) for row in side_by_side} == {("mlp-1bit", 2), ("cnn-1bit", 2), ("cnn-1bit", 1)}
     assert all(row["one_chip_peak_mb_added"] >= 0 and row["side_by_side_peak_mb_added"] >= 0 for row in side_by_side)
     assert "plain layers, chips' images in one call" in report and all("plain_batching_gain" in row for row in side_by_side)
+    limit = results["side_by_side_limit"]  # the same chips both ways, and the floor from its two parts
+    cases = [(row["model"], row["perturbed_layers"], row["chips"]) for row in limit]
+    assert cases == [("mlp-1bit", "hidden", 4), ("cnn-1bit", "hidden", 4), ("cnn-1bit", "all", 4)]
+    assert all(row["same_numbers"] and row["chips_per_pass"] == 2 for row in limit)
+    assert all(row["floor_ms"] == pytest.approx(row["plain_ms"] + row["draws_ms"]) and row["plain_ms"] > 0 and row["draws_ms"] > 0 for row in limit)
+    assert all(row["highest_speedup"] == pytest.approx(row["one_chip_ms"] / row["floor_ms"]) for row in limit)
+    assert "highest possible speed-up" in report and "plain layers, 2 chips in one call" in report
     assert results["sweep"]["complete_trials"] + 0 <= results["sweep"]["trials"]
     assert len(results["sweep"]["rss_mb_by_trial"]) >= 1
     assert "| training step" in (tmp_path / "results.md").read_text()
