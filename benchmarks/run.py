@@ -335,12 +335,12 @@ def machine() -> dict:
             "tensorflow": tf.__version__, "platform": platform.platform()}
 
 
-def side_by_side_markdown(side_by_side: list[dict], scaling: list[dict]) -> list[str]:
+def side_by_side_markdown(evaluations: list[dict], scaling: list[dict]) -> list[str]:
     """The whole evaluations one chip per pass and side by side, and how an evaluation scales with chips."""
     lines = ["", "| whole robustness evaluation (default grids) | perturbed layers | data | chips | one chip per pass s | side by side s "
               "| speedup | plain layers, chips' images in one call | peak memory added, one chip / side by side | same table "
               "| automatic chips per pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in side_by_side:
+    for row in evaluations:
         memory = ("-" if row["one_chip_peak_mb_added"] is None
                   else f"{row['one_chip_peak_mb_added']:,.0f} MB / {row['side_by_side_peak_mb_added']:,.0f} MB")
         lines.append(f"| {row['model']} | {row['perturbed_layers']} | {row['data']} ({row['test_images']:,} test images) | {row['chips']} | "
