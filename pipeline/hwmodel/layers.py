@@ -182,8 +182,9 @@ class HardwareAwareMixin:
                 for effect in effects]
 
     def program(self) -> None:
-        """Program the chips: their kernels after every active kernel effect, once, eagerly (compiled
-        per set of active effects, the levels its arguments: a new level does not retrace)."""
+        """Program the chips: their kernels after every active kernel effect, once, eagerly -- new chips'
+        draws made in the same compiled function (compiled per set of active effects and of draws to
+        make; the levels are its arguments: a new level does not retrace)."""
         state = self.hardware_state
         static = {e: state.static_levels(e) for e in KERNEL_EFFECTS} if state.evaluating.numpy() else {}
         active = tuple(e for e, levels in static.items() if e.is_on(levels))
@@ -192,16 +193,19 @@ class HardwareAwareMixin:
         state.compensating.assign(any(compensated))
         if not active:  # batches read the plain kernel
             return
-        if (active, compensated) not in state.programmers:
-            def programmer(draws, levels):
+        chips = state.chips()
+        stale = tuple(state.stale(e, chips) for e in active)
+        if (active, compensated, stale) not in state.programmers:
+            def programmer(seeds, levels):
+                draws = [state.redraw(e, s) if new else state.chip_draws[e.name] for e, s, new in zip(active, seeds, stale)]
                 kernels = tf.broadcast_to(self._read_kernel(active, draws, levels), state.chip_kernels.shape)
                 scales = self._compensation(active, draws, levels, kernels, compensated)
-                return kernels, tf.ones([self.chips_per_pass]) if scales is None else scales
-            state.programmers[active, compensated] = tf.function(programmer)
+                state.chip_kernels.assign(kernels)
+                state.output_scales.assign(tf.ones([self.chips_per_pass]) if scales is None else scales)
+            state.programmers[active, compensated, stale] = tf.function(programmer, autograph=False)
         levels = tuple({key: tf.constant(value, tf.bool if isinstance(value, bool) else tf.float32) for key, value in static[e].items()} for e in active)
-        kernels, scales = state.programmers[active, compensated](tuple(state.draws(e) for e in active), levels)
-        state.chip_kernels.assign(kernels)
-        state.output_scales.assign(scales)
+        state.programmers[active, compensated, stale](tuple(state.chip_seeds(e, chips) for e in active), levels)
+        state.draws_of.update({e.name: chips for e, new in zip(active, stale) if new})
 
     def _compensation(self, effects, draws, levels, read, compensated=None):
         """The periphery's digital scale undoing the compensated effects' mean: ``sum |W_ref| / sum |W|``

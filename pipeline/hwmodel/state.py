@@ -47,12 +47,18 @@ class HardwareState:
     def seed(self, base, effect: Effect, calls):
         return tf.stack([self.seed_base(base, effect), calls])
 
+    def chips(self) -> tuple[int, ...]:
+        return tuple(int(chip) for chip in self.chip_ids.numpy())
+
+    def chip_seeds(self, effect: Effect, chips: tuple[int, ...]) -> tf.Tensor:
+        """``[P, 2]``: the stateless seed of each chip's draws of ``effect``."""
+        return tf.constant([[self.seed_base(chip, effect), 0] for chip in chips], tf.int64)
+
     def draws(self, effect: Effect) -> tf.Variable:
         """Every chip's draws of ``effect``, drawn again only when the chips change (a level rescales them)."""
-        chips = tuple(int(chip) for chip in self.chip_ids.numpy())
+        chips = self.chips()
         if self.draws_of.get(effect.name) != chips:
-            seeds = tf.constant([[self.seed_base(chip, effect), 0] for chip in chips], tf.int64)
-            drawn = compiled_draws(effect)(tf.constant(self.kernel_shape, tf.int32), seeds)
+            drawn = compiled_draws(effect)(tf.constant(self.kernel_shape, tf.int32), self.chip_seeds(effect, chips))
             if effect.name in self.chip_draws:  # (the draws may have more axes than the kernel)
                 self.chip_draws[effect.name].assign(drawn)
             else:
@@ -60,14 +66,33 @@ class HardwareState:
             self.draws_of[effect.name] = chips
         return self.chip_draws[effect.name]
 
+    def stale(self, effect: Effect, chips: tuple[int, ...]) -> bool:
+        """Whether ``effect``'s stored draws are not those of ``chips`` (to be drawn by :meth:`redraw` in
+        the graph that programs them). The first time they are drawn here, making their variable."""
+        if effect.name not in self.chip_draws:
+            self.draws(effect)
+        return self.draws_of[effect.name] != chips
+
+    def redraw(self, effect: Effect, seeds: tf.Tensor) -> tf.Tensor:
+        """Inside a compiled function: the draws of ``effect`` for the chips of ``seeds`` (exactly
+        :meth:`draws`'), stored for a later level; the caller records their chips (``draws_of``)."""
+        drawn = chip_draws(effect, tf.constant(self.kernel_shape, tf.int32), seeds)
+        self.chip_draws[effect.name].assign(drawn)
+        return drawn
+
 
 COMPILED_DRAWS: dict[str, tf.types.experimental.GenericFunction] = {}
 
 
+def chip_draws(effect: Effect, shape: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
+    """``effect.draw`` for every chip of a pass (one seed each, stacked on a first axis)."""
+    return tf.map_fn(lambda seed: effect.draw(shape, seed), seeds, fn_output_signature=tf.float32)
+
+
 def compiled_draws(effect: Effect):
-    """``effect.draw`` for every chip of a pass (one seed each, stacked), compiled once for all kernel shapes."""
+    """:func:`chip_draws` of ``effect``, compiled once for all kernel shapes."""
     if effect.name not in COMPILED_DRAWS:
         COMPILED_DRAWS[effect.name] = tf.function(
-            lambda shape, seeds: tf.map_fn(lambda seed: effect.draw(shape, seed), seeds, fn_output_signature=tf.float32),
+            lambda shape, seeds: chip_draws(effect, shape, seeds),
             autograph=False, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 2], tf.int64)])
     return COMPILED_DRAWS[effect.name]

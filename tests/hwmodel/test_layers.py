@@ -86,6 +86,34 @@ def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch, bits, 
     assert not np.array_equal(together[0][:40], together[0][40:80])  # the parts are different chips
 
 
+def test_a_chip_programmed_later_has_exactly_the_draws_of_a_first_programming():
+    """A layer draws its first chips eagerly, later chips inside the compiled function that programs
+    them, and keeps those draws for a new level: every way gives the same kernels for the same chip
+    and level, with every kernel effect on (bit errors, drift, process variation)."""
+    plain = build_model(ModelConfig(bits=1, hidden_units=(24, 16)))
+    first, second = every_effect(perturb_layers="all"), every_effect(perturb_layers="all", weight_dev_pct=50.0, weight_ber=0.05)
+    targets = first.targets(ModelConfig(bits=1, hidden_units=(24, 16)))
+
+    def kernels(model):
+        return [layer.hardware_state.chip_kernels.numpy() for layer in hardware_layers(model)]
+
+    def programmed_first(level, chip):
+        model = attach_hardware(plain, PerturbationConfig(), targets, chips_per_pass=2)
+        with hardware_evaluation(model, level, chip=chip):
+            return kernels(model)
+
+    model = attach_hardware(plain, PerturbationConfig(), targets, chips_per_pass=2)
+    with hardware_evaluation(model, first, chip=0):
+        at_zero = kernels(model)
+        set_condition(model, chip=6)  # drawn in the programmer
+        later = kernels(model)
+        set_condition(model, second)  # the same chips' draws, another level
+        rescaled = kernels(model)
+    for mine, fresh in zip(later + rescaled, programmed_first(first, 6) + programmed_first(second, 6)):
+        np.testing.assert_array_equal(mine, fresh)
+    assert not any(np.array_equal(a, b) for a, b in zip(at_zero, later))  # other chips, other kernels
+
+
 def test_chips_of_a_pass_are_named_and_checked():
     plain = build_model(ModelConfig(bits=1, hidden_units=(16,)))
     model = attach_hardware(plain, PerturbationConfig(), ("dense_1",), chips_per_pass=2)
