@@ -56,7 +56,7 @@ def case_costs(data, arch: str, layers: str, chips: int, quick: bool) -> dict:
         return run
 
     seconds = interleaved_seconds({mode: runner(mode) for mode in timed}, 1 if quick else 3, steps_per_round=chips)
-    images = timed["one_chip"].images
+    images = data.images("test")
     plain_s = plain_chip_seconds(model, model_targets(model, layers), images, per_pass, 3 if quick else 10)["together"] / per_pass
     draws_s = chip_draw_seconds(timed["one_chip"].model, target, len(images), quick)
     floor_s = plain_s + draws_s

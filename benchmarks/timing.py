@@ -15,9 +15,9 @@ from pipeline.config import RobustnessConfig, TrainConfig
 from pipeline.deploy.interpreter import median_seconds
 from pipeline.effects import EFFECTS, KERNEL_EFFECTS, Effect, Sampling, Site
 from pipeline.effects.base import KernelEffect, standard_normal
-from pipeline.evaluation.bench import CompiledAccuracy
+from pipeline.evaluation.bench import new_bench
 from pipeline.evaluation.robustness import condition_accuracies, model_targets, target_chips_per_pass
-from pipeline.hwmodel.chips import attach_hardware, calibrate, hardware_evaluation, hardware_layers
+from pipeline.hwmodel.chips import attach_hardware, hardware_evaluation, hardware_layers
 from pipeline.learning.models import build_model
 from pipeline.learning.training import compile_model, seed_everything
 from pipeline.perturbation import PerturbationConfig
@@ -99,8 +99,9 @@ def interleaved_seconds(runners: dict, rounds: int, steps_per_round: int = 10) -
 
 class TargetChips:
     """The target condition of ``model`` on ``chips`` chips of the test split, as the evaluation runs it
-    (chips side by side, calibrated on the validation split), traced once; :meth:`seconds` times one
-    evaluation of every chip, programming included."""
+    (on a bench: the plain layers before the first perturbed one once per image, chips side by side,
+    calibrated on the validation split), traced once; :meth:`seconds` times one evaluation of every
+    chip, programming included."""
 
     def __init__(self, model: tf.keras.Model, target: PerturbationConfig, accuracy_spec: float | None, chips: int, data,
                  over_time: bool = False, chips_per_pass: int | None = None):
@@ -108,10 +109,10 @@ class TargetChips:
         targets = model_targets(model, target.perturb_layers)
         self.target, self.chips = target, chips
         self.chips_per_pass = chips_per_pass or target_chips_per_pass(model, targets, config, over_time)
-        self.model = attach_hardware(model, target, targets, chips_per_pass=self.chips_per_pass)
-        calibrate(self.model, data.images("val"))
-        self.images, self.labels = data.images("test"), data.labels("test")
-        self.accuracy = CompiledAccuracy(self.model, config.batch_size)
+        bench = new_bench(model, target, targets, self.chips_per_pass, config.batch_size)
+        bench.calibration(bench.features(data.images("val")))
+        self.model, self.accuracy = bench.model, bench.accuracy
+        self.images, self.labels = bench.features(data.images("test")), data.labels("test")
         with hardware_evaluation(self.model, target, chip=0):
             self.accuracy.per_chip(self.images, self.labels)  # warm-up: the one trace
 
