@@ -459,7 +459,8 @@ the middle level of its default curve.
   chip per pass, and whether the two give the same table (they must: bit for bit); beside it, what
   the plain model itself gains from reading the chips' images in one call.
 * **Side by side, its limit**: the target's chips (MLP and CNN, the hidden layers or every layer
-  perturbed) one per pass against 5 per pass, and the highest speed-up side by side can reach: one
+  perturbed), read as an evaluation reads them (the plain layers before the first perturbed one once
+  per image), one per pass against 5 per pass, and the highest speed-up side by side can reach: one
   chip per pass over a floor of one chip's random numbers plus its share of the plain layers' forward.
 * **Per-layer sensitivity** of the 1-bit CNN: every weighted layer perturbed alone at the target
   hardware, default curves and the target's 1,000 chips, the whole run and each layer.

@@ -1,8 +1,9 @@
 """The most chips side by side can gain at the target: one chip per pass against 5 in one pass.
 
 Each case reads the target condition (``sweeps/target_hardware.yaml``, with the case's perturbed
-layers) on the same chips of the test split both ways, in interleaved rounds (medians), and checks
-that the accuracies per chip are the same. Beside them, a bound on what side by side could reach.
+layers) on the same chips of the test split both ways, as the evaluation reads them (on a bench: the
+plain layers before the first perturbed one once per image), in interleaved rounds (medians), and
+checks that the accuracies per chip are the same. Beside them, a bound on what side by side could reach.
 A pass of 5 chips still draws each chip's random numbers and computes each chip's products, so a
 chip side by side costs at least
 
@@ -83,5 +84,6 @@ def markdown(rows: list[dict]) -> list[str]:
               "The highest possible speed-up is the time per chip one per pass over that floor: a bound if the two add and "
               "nothing in a hardware layer costs less than in the plain layer. With the convolutions perturbed, the output "
               "noise of a convolution is one Gaussian per position, channel, image and chip, and side by side does not "
-              "change their number."]
+              "change their number. With the hidden layers perturbed, the CNN's convolutions are plain: they run once per "
+              "image, before the chips, and a chip costs its dense layers alone."]
     return lines

@@ -101,7 +101,8 @@ class TargetChips:
     """The target condition of ``model`` on ``chips`` chips of the test split, as the evaluation runs it
     (on a bench: the plain layers before the first perturbed one once per image, chips side by side,
     calibrated on the validation split), traced once; :meth:`seconds` times one evaluation of every
-    chip, programming included."""
+    chip, programming included. The plain layers' output on the test images is computed once, here,
+    and not timed (an evaluation computes it once too, before its chips)."""
 
     def __init__(self, model: tf.keras.Model, target: PerturbationConfig, accuracy_spec: float | None, chips: int, data,
                  over_time: bool = False, chips_per_pass: int | None = None):

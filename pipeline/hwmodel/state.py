@@ -54,28 +54,18 @@ class HardwareState:
         """``[P, 2]``: the stateless seed of each chip's draws of ``effect``."""
         return tf.constant([[self.seed_base(chip, effect), 0] for chip in chips], tf.int64)
 
-    def draws(self, effect: Effect) -> tf.Variable:
-        """Every chip's draws of ``effect``, drawn again only when the chips change (a level rescales them)."""
-        chips = self.chips()
-        if self.draws_of.get(effect.name) != chips:
-            drawn = compiled_draws(effect)(tf.constant(self.kernel_shape, tf.int32), self.chip_seeds(effect, chips))
-            if effect.name in self.chip_draws:  # (the draws may have more axes than the kernel)
-                self.chip_draws[effect.name].assign(drawn)
-            else:
-                self.chip_draws[effect.name] = tf.Variable(drawn, trainable=False)
-            self.draws_of[effect.name] = chips
-        return self.chip_draws[effect.name]
-
     def stale(self, effect: Effect, chips: tuple[int, ...]) -> bool:
         """Whether ``effect``'s stored draws are not those of ``chips`` (to be drawn by :meth:`redraw` in
-        the graph that programs them). The first time they are drawn here, making their variable."""
-        if effect.name not in self.chip_draws:
-            self.draws(effect)
-        return self.draws_of[effect.name] != chips
+        the graph that programs them). The first time they are drawn here, eagerly, making their variable."""
+        if effect.name not in self.chip_draws:  # (the draws may have more axes than the kernel)
+            drawn = compiled_draws(effect)(tf.constant(self.kernel_shape, tf.int32), self.chip_seeds(effect, chips))
+            self.chip_draws[effect.name], self.draws_of[effect.name] = tf.Variable(drawn, trainable=False), chips
+        return self.draws_of.get(effect.name) != chips
 
     def redraw(self, effect: Effect, seeds: tf.Tensor) -> tf.Tensor:
-        """Inside a compiled function: the draws of ``effect`` for the chips of ``seeds`` (exactly
-        :meth:`draws`'), stored for a later level; the caller records their chips (``draws_of``)."""
+        """Inside a compiled function: the draws of ``effect`` for the chips of ``seeds`` (exactly those
+        :meth:`stale` makes the first time), stored for a later level; the caller records their chips
+        in ``draws_of`` once the function has returned (and forgets the old ones before calling it)."""
         drawn = chip_draws(effect, tf.constant(self.kernel_shape, tf.int32), seeds)
         self.chip_draws[effect.name].assign(drawn)
         return drawn
@@ -90,7 +80,7 @@ def chip_draws(effect: Effect, shape: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
 
 
 def compiled_draws(effect: Effect):
-    """:func:`chip_draws` of ``effect``, compiled once for all kernel shapes."""
+    """:func:`chip_draws` of ``effect``, compiled once for all kernel shapes (a layer's first draws)."""
     if effect.name not in COMPILED_DRAWS:
         COMPILED_DRAWS[effect.name] = tf.function(
             lambda shape, seeds: chip_draws(effect, shape, seeds),

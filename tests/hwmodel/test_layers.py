@@ -89,10 +89,12 @@ def test_chips_side_by_side_are_the_chips_one_at_a_time_bit_for_bit(arch, bits, 
 def test_a_chip_programmed_later_has_exactly_the_draws_of_a_first_programming():
     """A layer draws its first chips eagerly, later chips inside the compiled function that programs
     them, and keeps those draws for a new level: every way gives the same kernels for the same chip
-    and level, with every kernel effect on (bit errors, drift, process variation)."""
-    plain = build_model(ModelConfig(bits=1, hidden_units=(24, 16)))
+    and level, with every kernel effect on (bit errors, drift, process variation) -- also for an
+    effect that was off when the chips changed (drift, turned on later)."""
+    config = ModelConfig(bits=1, hidden_units=(24, 16))
+    plain = build_model(config)
     first, second = every_effect(perturb_layers="all"), every_effect(perturb_layers="all", weight_dev_pct=50.0, weight_ber=0.05)
-    targets = first.targets(ModelConfig(bits=1, hidden_units=(24, 16)))
+    targets = first.targets(config)
 
     def kernels(model):
         return [layer.hardware_state.chip_kernels.numpy() for layer in hardware_layers(model)]
@@ -105,7 +107,10 @@ def test_a_chip_programmed_later_has_exactly_the_draws_of_a_first_programming():
     model = attach_hardware(plain, PerturbationConfig(), targets, chips_per_pass=2)
     with hardware_evaluation(model, first, chip=0):
         at_zero = kernels(model)
-        set_condition(model, chip=6)  # drawn in the programmer
+        set_condition(model, first.replace(drift_time_s=0.0), chip=6)  # drawn in the programmer, drift off
+        states = [layer.hardware_state for layer in hardware_layers(model)]
+        assert all(state.draws_of == {"weight_ber": (6, 7), "weight_dev": (6, 7), "drift": (0, 1)} for state in states)
+        set_condition(model, first)  # drift on: drawn now, for chips 6 and 7
         later = kernels(model)
         set_condition(model, second)  # the same chips' draws, another level
         rescaled = kernels(model)
