@@ -332,7 +332,24 @@ def sweep_costs(quick: bool, output: Path) -> dict:
 
 def machine() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "platform": platform.platform()}
+            "tensorflow": tf.__version__, "platform": platform.platform(), **cpu_description()}
+
+
+VECTOR_UNITS = ("avx512f", "avx2", "avx", "sve", "asimd")  #: the widest first
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The processor's model and its widest vector unit, from ``/proc/cpuinfo`` (nothing where it is not
+    readable): absolute times depend on both (an AVX-512 core multiplies twice as fast as an AVX2 one)."""
+    try:
+        fields = [line.partition(":") for line in Path(cpuinfo).read_text().splitlines()]
+    except OSError:
+        return {}
+    values = {key.strip(): value.strip() for key, _, value in reversed(fields)}  # the first processor's
+    flags = set((values.get("flags") or values.get("Features") or "").split())
+    described = {"cpu_model": values.get("model name") or values.get("Model"),
+                 "vector_unit": next((unit for unit in VECTOR_UNITS if unit in flags), None)}
+    return {key: value for key, value in described.items() if value}
 
 
 def side_by_side_markdown(evaluations: list[dict], scaling: list[dict]) -> list[str]:
@@ -362,7 +379,8 @@ def side_by_side_markdown(evaluations: list[dict], scaling: list[dict]) -> list[
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Machine: {results['machine']['cores']} cores, {results['machine']['platform']}, TensorFlow "
+    cpu = ", ".join(results["machine"][key] for key in ("cpu_model", "vector_unit") if key in results["machine"])
+    lines = [f"Machine: {results['machine']['cores']} cores{f' ({cpu})' if cpu else ''}, {results['machine']['platform']}, TensorFlow "
              f"{results['machine']['tensorflow']}, {'quick' if results['quick'] else 'full'} run.", ""]
     effects = list(results["training_overhead"][0]["only_ratio"])
     lines += [f"Every effect at once: `{results['training_overhead'][0]['levels']}` (each at the middle of its default curve).", "",

@@ -76,3 +76,19 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     mixed = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "pruning_signal", "--output", str(tmp_path)],
                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert mixed.returncode == 2 and "quick run" in mixed.stderr
+
+
+X86 = "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx avx2 fma avx512f avx512bw\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\nCPU part\t: 0xd0c\n"
+
+
+@pytest.mark.parametrize("text, described", [
+    (X86, {"cpu_model": "AMD EPYC 9R14", "vector_unit": "avx512f"}),  # the first processor's, the widest unit
+    (ARM, {"vector_unit": "asimd"}),  # no model name
+    ("processor\t: 0\nflags\t: fpu sse\n", {}),  # no vector unit of the list, no model
+])
+def test_the_machine_is_described_by_its_processor_and_widest_vector_unit(tmp_path, text, described):
+    from benchmarks.run import cpu_description
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_description(str(tmp_path / "cpuinfo")) == described
+    assert cpu_description(str(tmp_path / "absent")) == {}
