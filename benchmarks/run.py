@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -42,6 +40,7 @@ from pipeline.evaluation.robustness import (
 from pipeline.learning.training import compile_model, seed_everything
 
 from benchmarks import evaluation_cost, lifetime, peers, sensitivity, side_by_side, tiles
+from benchmarks.machine import machine
 from benchmarks.timing import (BATCH, QUICK_GRIDS, TargetChips, batching_gain, chip_draw_seconds, draw_seconds, gaussians_at_outputs,
                                hardware_aware_model, interleaved_seconds, ratio_text, train_step_runner, training_draws)
 
@@ -328,28 +327,6 @@ def sweep_costs(quick: bool, output: Path) -> dict:
     return {"trials": n_trials, "complete_trials": len(parts["time_total_s"]), "wall_s": wall, "median_s": medians,
             "outside_fit_eval_s": outside, "rss_mb_first": rss[0] if rss else None, "rss_mb_last": rss[-1] if rss else None,
             "memory_growth": (rss[-1] / rss[0] - 1) if len(rss) > 1 else None, "rss_mb_by_trial": rss}
-
-
-def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "platform": platform.platform(), **cpu_description()}
-
-
-VECTOR_UNITS = ("avx512f", "avx2", "avx", "sve", "asimd")  #: the widest first
-
-
-def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
-    """The processor's model and its widest vector unit, from ``/proc/cpuinfo`` (nothing where it is not
-    readable): absolute times depend on both (an AVX-512 core multiplies twice as fast as an AVX2 one)."""
-    try:
-        fields = [line.partition(":") for line in Path(cpuinfo).read_text().splitlines()]
-    except OSError:
-        return {}
-    values = {key.strip(): value.strip() for key, _, value in reversed(fields)}  # the first processor's
-    flags = set((values.get("flags") or values.get("Features") or "").split())
-    described = {"cpu_model": values.get("model name") or values.get("Model"),
-                 "vector_unit": next((unit for unit in VECTOR_UNITS if unit in flags), None)}
-    return {key: value for key, value in described.items() if value}
 
 
 def side_by_side_markdown(evaluations: list[dict], scaling: list[dict]) -> list[str]:

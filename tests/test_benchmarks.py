@@ -88,7 +88,7 @@ ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\nCPU part\t: 0xd0c\n"
     ("processor\t: 0\nflags\t: fpu sse\n", {}),  # no vector unit of the list, no model
 ])
 def test_the_machine_is_described_by_its_processor_and_widest_vector_unit(tmp_path, text, described):
-    from benchmarks.run import cpu_description
+    from benchmarks.machine import cpu_description
     (tmp_path / "cpuinfo").write_text(text)
     assert cpu_description(str(tmp_path / "cpuinfo")) == described
     assert cpu_description(str(tmp_path / "absent")) == {}
