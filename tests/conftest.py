@@ -146,8 +146,9 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     """If a selected test reads the shared store, the first test process to get here starts building it
-    in the background, so that no worker waits idle for it (four commands, a few minutes)."""
-    if not any(reads_shared_store(item) for item in session.items):
+    in the background, so that no worker waits idle for it (four commands, a few minutes); not when
+    the tests are only listed (``--collect-only``)."""
+    if session.config.option.collectonly or not any(reads_shared_store(item) for item in session.items):
         return
     directory = shared_directory(session.config)
     directory.mkdir(parents=True, exist_ok=True)
