@@ -6,28 +6,27 @@ import os
 import platform
 from pathlib import Path
 
-import pipeline  # noqa: F401  (TensorFlow with its legacy Keras)
-import tensorflow as tf
-
 
 def machine() -> dict:
     """The processor, cores and versions of this machine, for a run's results."""
+    import tensorflow as tf  # (imported by the benchmarks, after pipeline has chosen its Keras)
+
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
             "tensorflow": tf.__version__, "platform": platform.platform(), **cpu_description()}
 
 
-VECTOR_UNITS = ("avx512f", "avx2", "avx", "sve", "asimd")  #: the widest first
+VECTOR_UNITS = ("avx512f", "avx2", "avx", "sve", "asimd", "neon")  #: the widest first
 
 
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
     """The processor's model and its widest vector unit, from ``/proc/cpuinfo`` (nothing where it is not
     readable): absolute times depend on both (an AVX-512 core multiplies twice as fast as an AVX2 one)."""
     try:
-        fields = [line.partition(":") for line in Path(cpuinfo).read_text().splitlines()]
+        fields = [line.partition(":") for line in Path(cpuinfo).read_text(errors="replace").splitlines()]
     except OSError:
         return {}
     values = {key.strip(): value.strip() for key, _, value in reversed(fields)}  # the first processor's
     flags = set((values.get("flags") or values.get("Features") or "").split())
-    described = {"cpu_model": values.get("model name") or values.get("Model"),
+    described = {"cpu_model": values.get("model name"),
                  "vector_unit": next((unit for unit in VECTOR_UNITS if unit in flags), None)}
     return {key: value for key, value in described.items() if value}

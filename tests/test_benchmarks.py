@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from benchmarks.machine import cpu_description
 from conftest import PROJECT_ROOT
 from pipeline.effects import EFFECTS
 
@@ -79,16 +80,16 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
 
 
 X86 = "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx avx2 fma avx512f avx512bw\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n"
-ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\nCPU part\t: 0xd0c\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 sve\nCPU part\t: 0xd40\n\nModel\t: a board's name\n"
 
 
 @pytest.mark.parametrize("text, described", [
     (X86, {"cpu_model": "AMD EPYC 9R14", "vector_unit": "avx512f"}),  # the first processor's, the widest unit
-    (ARM, {"vector_unit": "asimd"}),  # no model name
+    (ARM, {"vector_unit": "sve"}),  # no model name (a board's "Model" is not the processor's)
+    ("processor\t: 0\nFeatures\t: half thumb vfp neon\n", {"vector_unit": "neon"}),  # 32-bit ARM
     ("processor\t: 0\nflags\t: fpu sse\n", {}),  # no vector unit of the list, no model
 ])
 def test_the_machine_is_described_by_its_processor_and_widest_vector_unit(tmp_path, text, described):
-    from benchmarks.machine import cpu_description
     (tmp_path / "cpuinfo").write_text(text)
     assert cpu_description(str(tmp_path / "cpuinfo")) == described
     assert cpu_description(str(tmp_path / "absent")) == {}

@@ -185,14 +185,14 @@ class HardwareAwareMixin:
         """Program the chips: their kernels after every active kernel effect, once, eagerly -- new chips'
         draws made in the same compiled function (compiled per set of active effects, of those the
         periphery compensates and of draws to make; the levels are its arguments: a new level does not
-        retrace). Until the function has returned, the draws it replaces belong to no chips: an
-        interrupted programming draws them again."""
+        retrace). Until the function has returned, the layer has no chips (batches read the plain
+        kernel) and the draws it replaces belong to no chips: an interrupted programming draws them again."""
         state = self.hardware_state
         static = {e: state.static_levels(e) for e in KERNEL_EFFECTS} if state.evaluating.numpy() else {}
         active = tuple(e for e, levels in static.items() if e.is_on(levels))
         compensated = tuple(e.compensated(static[e]) for e in active)
-        state.programmed.assign(bool(active))
-        state.compensating.assign(any(compensated))
+        state.programmed.assign(False)
+        state.compensating.assign(False)
         if not active:  # batches read the plain kernel
             return
         chips = state.chips()
@@ -208,9 +208,11 @@ class HardwareAwareMixin:
         levels = tuple({key: tf.constant(value, tf.bool if isinstance(value, bool) else tf.float32) for key, value in static[e].items()} for e in active)
         redrawn = [e.name for e, new in zip(active, stale) if new]
         for name in redrawn:
-            state.draws_of.pop(name)
+            state.draws_of.pop(name, None)  # (already gone after an interrupted programming)
         state.programmers[active, compensated, stale](tuple(state.chip_seeds(e, chips) for e in active), levels)
         state.draws_of.update(dict.fromkeys(redrawn, chips))
+        state.programmed.assign(True)
+        state.compensating.assign(any(compensated))
 
     def _compensation(self, effects, draws, levels, read, compensated=None):
         """The periphery's digital scale undoing the compensated effects' mean: ``sum |W_ref| / sum |W|``

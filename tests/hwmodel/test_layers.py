@@ -119,6 +119,39 @@ def test_a_chip_programmed_later_has_exactly_the_draws_of_a_first_programming():
     assert not any(np.array_equal(a, b) for a, b in zip(at_zero, later))  # other chips, other kernels
 
 
+
+class Interrupting(dict):
+    """Programmers that run, then raise: a programming interrupted after its draws were made."""
+
+    def __getitem__(self, key):
+        def interrupted(*args):
+            dict.__getitem__(self, key)(*args)
+            raise KeyboardInterrupt
+        return interrupted
+
+
+def test_an_interrupted_programming_leaves_no_chips_and_is_drawn_again():
+    """A programming stopped after the compiled function of the first layer drew chips 0 and 1 over the
+    draws of chips 6 and 7: that layer has no chips (batches read the plain kernel), and programming
+    chip 6 again gives chip 6's kernels in every layer, not the stored draws of chip 0."""
+    config = ModelConfig(bits=1, hidden_units=(24, 16))
+    plain, level = build_model(config), every_effect(perturb_layers="all")
+    model = attach_hardware(plain, PerturbationConfig(), level.targets(config), chips_per_pass=2)
+    states = [layer.hardware_state for layer in hardware_layers(model)]
+    with hardware_evaluation(model, level, chip=6):
+        chip_six = [state.chip_kernels.numpy() for state in states]
+        for state in states:
+            state.programmers = Interrupting(state.programmers)
+        with pytest.raises(KeyboardInterrupt):
+            set_condition(model, chip=0)
+        assert not (states[0].programmed.numpy() or states[0].compensating.numpy())  # the layer it stopped in
+        for state in states:
+            state.programmers = dict(state.programmers)
+        set_condition(model, chip=6)
+        assert all(state.programmed.numpy() for state in states)
+        for state, kernels in zip(states, chip_six):
+            np.testing.assert_array_equal(state.chip_kernels.numpy(), kernels)
+
 def test_chips_of_a_pass_are_named_and_checked():
     plain = build_model(ModelConfig(bits=1, hidden_units=(16,)))
     model = attach_hardware(plain, PerturbationConfig(), ("dense_1",), chips_per_pass=2)
