@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+from importlib.metadata import version
 from pathlib import Path
 
 
 def machine() -> dict:
     """The processor, cores and versions of this machine, for a run's results."""
-    import tensorflow as tf  # (imported by the benchmarks, after pipeline has chosen its Keras)
-
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "platform": platform.platform(), **cpu_description()}
+            "tensorflow": version("tensorflow"), "platform": platform.platform(), **cpu_description()}
 
 
 VECTOR_UNITS = ("avx512f", "avx2", "avx", "sve", "asimd", "neon")  #: the widest first

@@ -119,7 +119,6 @@ def test_a_chip_programmed_later_has_exactly_the_draws_of_a_first_programming():
     assert not any(np.array_equal(a, b) for a, b in zip(at_zero, later))  # other chips, other kernels
 
 
-
 class Interrupting(dict):
     """Programmers that run, then raise: a programming interrupted after its draws were made."""
 
@@ -151,6 +150,7 @@ def test_an_interrupted_programming_leaves_no_chips_and_is_drawn_again():
         assert all(state.programmed.numpy() for state in states)
         for state, kernels in zip(states, chip_six):
             np.testing.assert_array_equal(state.chip_kernels.numpy(), kernels)
+
 
 def test_chips_of_a_pass_are_named_and_checked():
     plain = build_model(ModelConfig(bits=1, hidden_units=(16,)))
